@@ -1,0 +1,38 @@
+"""Attention backends behind one interface.
+
+A backend has a ``name`` and ``forward(q, k, v, k_cache, v_cache, meta, scale) -> out``: it stores
+the step's new K/V into the paged cache through ``meta.slot_mapping`` and returns causal attention
+of every query over its sequence's cached K/V. Shapes: q [T, Hq, D], k/v [T, Hkv, D],
+caches [num_blocks, block_size, Hkv, D].
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from traceinfer.engine.attention.metadata import AttentionMetadata
+from traceinfer.engine.attention.torch_backend import TorchAttention
+from traceinfer.errors import BackendUnavailableError
+
+BackendName = Literal["auto", "torch", "triton", "flash_attn"]
+BACKENDS = ("auto", "torch", "triton", "flash_attn")
+
+
+def select_backend(name: str, device: torch.device):
+    if name not in BACKENDS:
+        raise BackendUnavailableError(f"attention_backend={name!r} is unknown; choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = "torch" if device.type != "cuda" else "triton"
+    if name == "torch":
+        return TorchAttention()
+    if device.type != "cuda":
+        raise BackendUnavailableError(
+            f"attention_backend={name!r} needs a CUDA device, but the engine runs on {device.type!r}"
+            f" (torch.cuda.is_available()={torch.cuda.is_available()}); use attention_backend='torch'"
+        )
+    raise BackendUnavailableError(f"attention_backend={name!r} is not built into this version")
+
+
+__all__ = ["AttentionMetadata", "TorchAttention", "select_backend", "BACKENDS"]

@@ -1,0 +1,107 @@
+"""Named hook points: the only way the engine talks to probes.
+
+The engine calls ``hooks.<point>.span(...)`` around a stage or ``hooks.<point>.emit(...)``
+for an instant event. A subscriber is any callable::
+
+    def on_event(point: str, phase: Literal["B", "E", "i"], t_ns: int, fields: dict) -> None
+
+``phase`` follows the Chrome trace-event letters (B = begin, E = end, i = instant); ``t_ns`` is
+``time.perf_counter_ns()``. With no subscriber a point is falsy, ``span`` returns a shared
+no-op context and ``emit`` returns at once, so call sites that build expensive payloads guard
+them with ``if hooks.point:``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, Literal
+
+Phase = Literal["B", "E", "i"]
+Subscriber = Callable[[str, Phase, int, dict], None]
+
+#: Every hook point the engine calls, in the order a step reaches them.
+HOOK_POINTS: tuple[str, ...] = (
+    "add_request",  # i: request_id, prompt_len, max_tokens
+    "step",  # span: step
+    "schedule",  # span: step; end carries the scheduled batch summary
+    "block",  # i: op, request_id, block_ids, block_hashes, ref_counts, free/used/cached
+    "preempt",  # i: request_id, num_computed_tokens, blocks_freed
+    "prepare_inputs",  # span: num_seqs, num_tokens
+    "forward",  # span: num_tokens, cuda_graph
+    "sample",  # span: num_seqs
+    "postprocess",  # span: num_seqs
+    "token",  # i: request_id, token_id, index
+    "finish",  # i: request_id, reason, num_output_tokens
+)
+
+_NULL_SPAN = nullcontext()
+
+
+class HookPoint:
+    """One named point; holds its subscribers."""
+
+    __slots__ = ("name", "_subscribers")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._subscribers: list[Subscriber] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._subscribers)
+
+    def emit(self, **fields) -> None:
+        if not self._subscribers:
+            return
+        t = time.perf_counter_ns()
+        for fn in self._subscribers:
+            fn(self.name, "i", t, fields)
+
+    def span(self, **fields):
+        if not self._subscribers:
+            return _NULL_SPAN
+        return self._span(fields)
+
+    @contextmanager
+    def _span(self, fields: dict) -> Iterator[dict]:
+        subs = tuple(self._subscribers)
+        t = time.perf_counter_ns()
+        for fn in subs:
+            fn(self.name, "B", t, fields)
+        end_fields: dict = {}
+        try:
+            yield end_fields  # the stage may add results (e.g. batch sizes) for the end event
+        finally:
+            t = time.perf_counter_ns()
+            for fn in subs:
+                fn(self.name, "E", t, end_fields)
+
+
+class Hooks:
+    """The engine's set of hook points, one attribute per name in HOOK_POINTS."""
+
+    def __init__(self) -> None:
+        for name in HOOK_POINTS:
+            setattr(self, name, HookPoint(name))
+
+    def point(self, name: str) -> HookPoint:
+        if name not in HOOK_POINTS:
+            raise KeyError(f"unknown hook point {name!r}; known: {', '.join(HOOK_POINTS)}")
+        return getattr(self, name)
+
+    def subscribe(self, fn: Subscriber, points: tuple[str, ...] | None = None) -> Callable[[], None]:
+        """Subscribe ``fn`` to ``points`` (all by default); returns a function that unsubscribes."""
+        chosen = [self.point(p) for p in (points or HOOK_POINTS)]
+        for p in chosen:
+            p._subscribers.append(fn)
+
+        def unsubscribe() -> None:
+            for p in chosen:
+                if fn in p._subscribers:
+                    p._subscribers.remove(fn)
+
+        return unsubscribe
+
+    def subscribed(self) -> dict[str, int]:
+        """Number of subscribers per point that has any (tests use it to catch leaks)."""
+        return {n: len(getattr(self, n)._subscribers) for n in HOOK_POINTS if getattr(self, n)}

@@ -1,0 +1,309 @@
+"""The engine: requests in, one scheduled step at a time, outputs out.
+
+Offline use: ``LLM(model).generate(prompts, params)``. Online use: the step API of ``LLMEngine``
+(``add_request``, ``step``, ``has_unfinished``, ``abort``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Sequence as Seq
+
+import torch
+
+from traceinfer.config import EngineConfig, load_section
+from traceinfer.engine.attention import select_backend
+from traceinfer.engine.block_manager import BlockManager
+from traceinfer.engine.hooks import Hooks
+from traceinfer.engine.loader import load_hf_config, load_model
+from traceinfer.engine.model_runner import ModelRunner
+from traceinfer.engine.sampling_params import SamplingParams
+from traceinfer.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput, ScheduledSeq
+from traceinfer.engine.sequence import FinishReason, RequestOutput, Sequence
+from traceinfer.errors import ConfigError, InvalidRequestError
+
+Prompt = str | Seq[int]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"engine.device={name!r} but torch sees no CUDA device on this machine")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, hooks: Hooks | None = None) -> None:
+        self.config = config
+        self.hooks = hooks or Hooks()
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        backend = select_backend(config.attention_backend, self.device)
+        self.attention_backend = backend.name
+
+        hf_config = load_hf_config(config.model)
+        self.max_model_len = config.max_model_len or min(hf_config.max_position_embeddings, 8192)
+        if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:
+            raise ConfigError(
+                f"engine.max_num_batched_tokens={config.max_num_batched_tokens} is below max_model_len="
+                f"{self.max_model_len}; without chunked prefill a long prompt could never be scheduled"
+            )
+        loaded = load_model(config.model, hf_config, backend, self.dtype, self.device, self.max_model_len, config.seed)
+        self.model = loaded.model
+        self.hf_config = loaded.hf_config
+        self.tokenizer = loaded.tokenizer
+        self.eos_token_ids = loaded.eos_token_ids
+        self.model_label = loaded.label
+        self.synthetic = loaded.synthetic
+        self.vocab_size = loaded.hf_config.vocab_size
+
+        num_blocks = config.num_kv_blocks or self._size_kv_cache()
+        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching, self.hooks)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                max_model_len=self.max_model_len,
+                enable_chunked_prefill=config.enable_chunked_prefill,
+            ),
+            self.block_manager,
+            self.hooks,
+        )
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device, self.dtype, self.hooks)
+        self.requests: dict[str, Sequence] = {}
+        self._ids = itertools.count()
+        self.step_index = 0
+
+    def _size_kv_cache(self) -> int:
+        per_block = ModelRunner.kv_bytes_per_block(self.model, self.config.block_size, self.dtype)
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            used = total - free
+            budget = int(total * self.config.gpu_memory_utilization) - used
+            if budget < per_block:
+                raise ConfigError(
+                    f"no room for a KV cache: {free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB, "
+                    f"gpu_memory_utilization={self.config.gpu_memory_utilization} allows {max(budget, 0) / 2**30:.2f} GiB, "
+                    f"one block needs {per_block / 2**20:.2f} MiB"
+                )
+            return budget // per_block
+        return max(1, int(self.config.cpu_kv_cache_gib * 2**30) // per_block)
+
+    # -- requests --------------------------------------------------------------------------
+    def _tokens(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+        else:
+            ids = list(prompt)
+            for i, t in enumerate(ids):
+                if not isinstance(t, int) or isinstance(t, bool):
+                    raise InvalidRequestError(f"token at position {i} is {t!r}, not an integer token id")
+        if not ids:
+            raise InvalidRequestError("prompt is empty: a request needs at least one token")
+        for i, t in enumerate(ids):
+            if not 0 <= t < self.vocab_size:
+                raise InvalidRequestError(
+                    f"token id {t} at position {i} is outside the vocabulary [0, {self.vocab_size})"
+                )
+        if len(ids) >= self.max_model_len:
+            raise InvalidRequestError(
+                f"prompt has {len(ids)} tokens; max_model_len={self.max_model_len} leaves room for at most "
+                f"{self.max_model_len - 1} prompt tokens and one generated token"
+            )
+        return ids
+
+    def add_request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        arrival_ns: int | None = None,
+    ) -> str:
+        """Queue a request; raises InvalidRequestError (naming the limit) without touching others."""
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequestError(f"params must be SamplingParams, got {type(params).__name__}")
+        request_id = str(next(self._ids)) if request_id is None else str(request_id)
+        if request_id in self.requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already in flight")
+        seq = Sequence(request_id, self._tokens(prompt), params, priority, arrival_ns)
+        if params.seed is not None:
+            seq.generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        self.requests[request_id] = seq
+        self.scheduler.add(seq)
+        if self.hooks.add_request:
+            self.hooks.add_request.emit(
+                request_id=request_id, prompt_len=seq.prompt_len, max_tokens=params.max_tokens, priority=priority
+            )
+        return request_id
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        seq = self.requests.get(str(request_id))
+        if seq is None or seq.is_finished:
+            return None
+        self.scheduler.remove(seq)
+        return self._finish(seq, FinishReason.ABORTED)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # -- one step --------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedule and run one step; returns an output for every request that got a token or finished."""
+        hooks = self.hooks
+        outputs: list[RequestOutput] = []
+        with hooks.step.span(step=self.step_index) as step_info:
+            with hooks.schedule.span(step=self.step_index) as info:
+                out = self.scheduler.schedule()
+                if info is not None:
+                    info.update(self._summary(out))
+            for seq in out.failed:
+                outputs.append(self._finish(seq, FinishReason.ERROR, seq.error, already_finished=True))
+            if not out.is_empty:
+                tokens = self.runner.execute(out)
+                with hooks.postprocess.span(num_seqs=len(out.scheduled)):
+                    outputs.extend(self._postprocess(out.scheduled, tokens))
+            if step_info is not None:
+                step_info.update(step=self.step_index, num_outputs=len(outputs))
+        self.step_index += 1
+        return outputs
+
+    def _summary(self, out: SchedulerOutput) -> dict:
+        return {
+            "num_seqs": len(out.scheduled),
+            "num_decode_seqs": out.num_decode_seqs,
+            "num_prefill_seqs": len(out.scheduled) - out.num_decode_seqs,
+            "num_batched_tokens": out.num_batched_tokens,
+            "num_decode_tokens": out.num_decode_seqs,
+            "num_prefill_tokens": out.num_batched_tokens - out.num_decode_seqs,
+            "num_cached_tokens": out.num_cached_tokens,
+            "num_preempted": len(out.preempted),
+            "num_waiting": len(self.scheduler.waiting),
+            "num_running": len(self.scheduler.running),
+            "token_budget": self.config.max_num_batched_tokens,
+            "num_free_blocks": self.block_manager.num_free_blocks,
+        }
+
+    def _postprocess(self, scheduled: list[ScheduledSeq], tokens: list[int]) -> list[RequestOutput]:
+        outputs = []
+        sampled = iter(tokens)
+        now = time.perf_counter_ns()
+        for s in scheduled:
+            seq = s.seq
+            samples = s.samples
+            seq.num_computed_tokens += s.num_new_tokens
+            self.block_manager.cache_full_blocks(seq)
+            if not samples:
+                continue
+            token = next(sampled)
+            seq.append_token(token, now)
+            if self.hooks.token:
+                self.hooks.token.emit(request_id=seq.request_id, token_id=token, index=seq.num_output_tokens - 1)
+            reason = self._stop_reason(seq, token)
+            if reason is None:
+                outputs.append(self._output(seq))
+            else:
+                self.scheduler.remove(seq)
+                outputs.append(self._finish(seq, reason))
+        return outputs
+
+    def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
+        p = seq.params
+        if not p.ignore_eos and token in self.eos_token_ids:
+            return FinishReason.EOS
+        if token in p.stop_token_ids:
+            return FinishReason.STOP
+        if seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            return FinishReason.LENGTH
+        return None
+
+    def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None, already_finished=False) -> RequestOutput:
+        if not already_finished:
+            seq.finish(reason, error)
+        if self.hooks.finish:
+            self.hooks.finish.emit(
+                request_id=seq.request_id, reason=reason.value, num_output_tokens=seq.num_output_tokens, error=seq.error
+            )
+        del self.requests[seq.request_id]
+        return self._output(seq)
+
+    def _output(self, seq: Sequence) -> RequestOutput:
+        finished = seq.is_finished
+        return RequestOutput(
+            request_id=seq.request_id,
+            prompt_token_ids=seq.prompt_token_ids,
+            token_ids=seq.output_token_ids,
+            text=self.tokenizer.decode(seq.output_token_ids) if finished else "",
+            finished=finished,
+            finish_reason=seq.finish_reason.value if seq.finish_reason else None,
+            error=seq.error,
+            arrival_ns=seq.arrival_ns,
+            token_times_ns=list(seq.token_times_ns),
+            num_cached_prompt_tokens=seq.num_cached_tokens,
+            num_preemptions=seq.num_preemptions,
+        )
+
+    # -- scoring ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, prompt: Prompt) -> torch.Tensor:
+        """Logits at every prompt position, [L, V] float32, through the paged cache (no prefix reuse)."""
+        seq = Sequence(f"score-{next(self._ids)}", self._tokens(prompt), SamplingParams(max_tokens=1))
+        if not self.block_manager.allocate(seq, seq.num_tokens):
+            raise InvalidRequestError(
+                f"scoring {seq.num_tokens} tokens needs {self.block_manager.blocks_for(seq.num_tokens)} free KV blocks;"
+                f" {self.block_manager.num_free_blocks} are free"
+            )
+        try:
+            out = SchedulerOutput([ScheduledSeq(seq, seq.num_tokens)], int(seq.num_tokens == 1), seq.num_tokens)
+            logits, _ = self.runner.forward_logits(out, all_rows=True)
+            return logits
+        finally:
+            self.block_manager.free(seq)
+
+
+class LLM:
+    """Offline batch generation: ``LLM("synthetic:tiny").generate(["Hello"], SamplingParams(...))``."""
+
+    def __init__(self, model: str | None = None, hooks: Hooks | None = None, config_file=None, **engine_options) -> None:
+        if model is not None:
+            engine_options["model"] = model
+        self.engine = LLMEngine(load_section("engine", engine_options, config_file), hooks)
+
+    def generate(
+        self,
+        prompts: Prompt | list[Prompt],
+        sampling_params: SamplingParams | list[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt; outputs come back in prompt order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):
+            raise InvalidRequestError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        engine = self.engine
+        ids = []
+        try:
+            for prompt, p in zip(prompts, params):
+                ids.append(engine.add_request(prompt, p))
+        except InvalidRequestError:
+            for rid in ids:
+                engine.abort(rid)
+            raise
+        done: dict[str, RequestOutput] = {}
+        while engine.has_unfinished():
+            for out in engine.step():
+                if out.finished:
+                    done[out.request_id] = out
+        return [done[r] for r in ids]

@@ -1,0 +1,21 @@
+"""Errors that name the problem and the limit."""
+
+
+class TraceinferError(Exception):
+    """Base of every error traceinfer raises on purpose."""
+
+
+class InvalidRequestError(TraceinferError, ValueError):
+    """A request or its sampling parameters cannot be served as given."""
+
+
+class ModelLoadError(TraceinferError):
+    """A model directory or name cannot be loaded."""
+
+
+class ConfigError(TraceinferError, ValueError):
+    """A configuration key has a bad value."""
+
+
+class BackendUnavailableError(TraceinferError, RuntimeError):
+    """An attention backend or device was asked for that this machine cannot provide."""

@@ -1,0 +1,1 @@
+"""Flame graphs: folded stacks (``root;child;leaf count``) and their renderers."""

@@ -1,0 +1,1 @@
+"""Reports: analyzers (records -> DataFrames) and renderers (DataFrames -> markdown, HTML)."""
