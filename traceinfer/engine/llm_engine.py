@@ -68,8 +68,24 @@ class LLMEngine:
         self.synthetic = loaded.synthetic
         self.vocab_size = loaded.hf_config.vocab_size
 
-        num_blocks = config.num_kv_blocks or self._size_kv_cache()
-        self.block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching, self.hooks)
+        self.runner = ModelRunner(
+            self.model,
+            self.device,
+            self.dtype,
+            self.hooks,
+            block_size=config.block_size,
+            max_model_len=self.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            num_kv_blocks=config.num_kv_blocks,
+            cpu_kv_cache_gib=config.cpu_kv_cache_gib,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            # graphs need a backend that reads no host-side lengths; the torch reference loops on them
+            use_cuda_graphs=not config.enforce_eager and backend.name != "torch",
+        )
+        self.block_manager = BlockManager(
+            self.runner.num_blocks, config.block_size, config.enable_prefix_caching, self.hooks
+        )
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_seqs=config.max_num_seqs,
@@ -80,25 +96,9 @@ class LLMEngine:
             self.block_manager,
             self.hooks,
         )
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device, self.dtype, self.hooks)
         self.requests: dict[str, Sequence] = {}
         self._ids = itertools.count()
         self.step_index = 0
-
-    def _size_kv_cache(self) -> int:
-        per_block = ModelRunner.kv_bytes_per_block(self.model, self.config.block_size, self.dtype)
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            used = total - free
-            budget = int(total * self.config.gpu_memory_utilization) - used
-            if budget < per_block:
-                raise ConfigError(
-                    f"no room for a KV cache: {free / 2**30:.2f} GiB free of {total / 2**30:.2f} GiB, "
-                    f"gpu_memory_utilization={self.config.gpu_memory_utilization} allows {max(budget, 0) / 2**30:.2f} GiB, "
-                    f"one block needs {per_block / 2**20:.2f} MiB"
-                )
-            return budget // per_block
-        return max(1, int(self.config.cpu_kv_cache_gib * 2**30) // per_block)
 
     # -- requests --------------------------------------------------------------------------
     def _tokens(self, prompt: Prompt) -> list[int]:
@@ -267,8 +267,7 @@ class LLMEngine:
             )
         try:
             out = SchedulerOutput([ScheduledSeq(seq, seq.num_tokens)], int(seq.num_tokens == 1), seq.num_tokens)
-            logits, _ = self.runner.forward_logits(out, all_rows=True)
-            return logits
+            return self.runner.forward_logits(out, all_rows=True)
         finally:
             self.block_manager.free(seq)
 

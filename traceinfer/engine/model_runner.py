@@ -1,6 +1,14 @@
-"""Runs one scheduled step: flatten it into tensors, run the model over the paged KV cache, sample."""
+"""Runs one scheduled step: flatten it into tensors, run the model over the paged KV cache, sample.
+
+On CUDA, decode-only steps replay a CUDA graph captured at a padded batch size (1, 2, 4, 8, then
+steps of 16 up to max_num_seqs); mixed prefill+decode steps run eager. Graph inputs live in static
+buffers; padding rows have slot -1 (nothing stored) and sequence length 0 (nothing read).
+"""
 
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass
 
 import torch
 
@@ -9,31 +17,143 @@ from traceinfer.engine.hooks import Hooks
 from traceinfer.engine.models import CausalLM
 from traceinfer.engine.sampler import sample
 from traceinfer.engine.scheduler import SchedulerOutput
+from traceinfer.errors import ConfigError
+
+
+@dataclass
+class RunnerStats:
+    """Which steps replayed a graph (the probes report graph coverage from these)."""
+
+    graph_steps: int = 0
+    eager_decode_steps: int = 0  # decode-only steps that could not use a graph
+    eager_mixed_steps: int = 0
+    capture_seconds: float = 0.0
+
+
+def graph_batch_sizes(max_num_seqs: int) -> list[int]:
+    sizes = [b for b in (1, 2, 4, 8) if b <= max_num_seqs] + list(range(16, max_num_seqs + 1, 16))
+    if sizes[-1] < max_num_seqs:
+        sizes.append(max_num_seqs)
+    return sizes
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype, hooks: Hooks):
+    def __init__(
+        self,
+        model: CausalLM,
+        device: torch.device,
+        dtype: torch.dtype,
+        hooks: Hooks,
+        block_size: int,
+        max_model_len: int,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        num_kv_blocks: int | None = None,
+        cpu_kv_cache_gib: float = 1.0,
+        gpu_memory_utilization: float = 0.9,
+        use_cuda_graphs: bool = False,
+    ) -> None:
         self.model = model
         self.device = device
         self.dtype = dtype
-        self.block_size = block_size
-        self.num_blocks = num_blocks
         self.hooks = hooks
-        attn = model.model.layers[0].self_attn
-        num_layers = len(model.model.layers)
-        # kv_cache: [2, layers, num_blocks, block_size, Hkv, D], one allocation; each layer gets views
-        self.kv_cache = torch.zeros(
-            2, num_layers, num_blocks, block_size, attn.num_kv_heads, attn.head_dim, dtype=dtype, device=device
-        )
-        for i, layer in enumerate(model.model.layers):
-            layer.self_attn.k_cache = self.kv_cache[0, i]
-            layer.self_attn.v_cache = self.kv_cache[1, i]
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.stats = RunnerStats()
+        if num_kv_blocks is None:
+            num_kv_blocks = (
+                self._blocks_from_gpu_memory(gpu_memory_utilization)
+                if device.type == "cuda"
+                else max(1, int(cpu_kv_cache_gib * 2**30) // self.kv_bytes_per_block())
+            )
+        self.num_blocks = num_kv_blocks
+        self.kv_cache = self._allocate_kv_cache(num_kv_blocks)
+        self._bind_kv_cache(self.kv_cache)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        if use_cuda_graphs and device.type == "cuda":
+            self.capture_cuda_graphs()
 
-    @staticmethod
-    def kv_bytes_per_block(model: CausalLM, block_size: int, dtype: torch.dtype) -> int:
-        attn = model.model.layers[0].self_attn
-        elem = torch.tensor([], dtype=dtype).element_size()
-        return 2 * len(model.model.layers) * block_size * attn.num_kv_heads * attn.head_dim * elem
+    # -- KV cache --------------------------------------------------------------------------
+    def kv_bytes_per_block(self) -> int:
+        attn = self.model.model.layers[0].self_attn
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * len(self.model.model.layers) * self.block_size * attn.num_kv_heads * attn.head_dim * elem
+
+    def _allocate_kv_cache(self, num_blocks: int) -> torch.Tensor:
+        attn = self.model.model.layers[0].self_attn
+        shape = (2, len(self.model.model.layers), num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
+        # [2, layers, num_blocks, block_size, Hkv, D], one allocation; each layer gets views
+        return torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    def _bind_kv_cache(self, kv_cache: torch.Tensor) -> None:
+        for i, layer in enumerate(self.model.model.layers):
+            layer.self_attn.k_cache = kv_cache[0, i]
+            layer.self_attn.v_cache = kv_cache[1, i]
+
+    def _blocks_from_gpu_memory(self, utilization: float) -> int:
+        """Size the cache after a warm-up forward of a full token budget, as vLLM does."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        lengths = self._warmup_lengths()
+        warmup_blocks = sum(-(-n // self.block_size) for n in lengths)
+        scratch = self._allocate_kv_cache(warmup_blocks)
+        self._bind_kv_cache(scratch)
+        self._warmup_forward(lengths)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - scratch.numel() * scratch.element_size()
+        del scratch
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        non_torch = total - free - torch.cuda.memory_reserved(self.device)
+        budget = int(total * utilization) - peak - non_torch
+        per_block = self.kv_bytes_per_block()
+        if budget < per_block * -(-self.max_model_len // self.block_size):
+            raise ConfigError(
+                f"out of memory sizing the KV cache: gpu_memory_utilization={utilization} of {total / 2**30:.1f} GiB "
+                f"leaves {max(budget, 0) / 2**30:.2f} GiB after weights and activations ({peak / 2**30:.2f} GiB) and "
+                f"other processes ({non_torch / 2**30:.2f} GiB); one max_model_len={self.max_model_len} sequence asks "
+                f"for {per_block * -(-self.max_model_len // self.block_size) / 2**30:.2f} GiB"
+            )
+        return budget // per_block
+
+    def _warmup_lengths(self) -> list[int]:
+        """Sequences that fill the token budget, none longer than max_model_len, at most max_num_seqs."""
+        total = min(self.max_num_batched_tokens, self.max_model_len * self.max_num_seqs)
+        n = max(-(-total // self.max_model_len), min(self.max_num_seqs, total))
+        base, extra = divmod(total, n)
+        return [base + (i < extra) for i in range(n)]
+
+    @torch.inference_mode()
+    def _warmup_forward(self, lengths: list[int]) -> None:
+        bs = self.block_size
+        slots, tables, offset = [], [], 0
+        for n in lengths:
+            blocks = list(range(offset, offset + -(-n // bs)))
+            offset += len(blocks)
+            tables.append(blocks)
+            slots.extend(blocks[p // bs] * bs + p % bs for p in range(n))
+        width = max(map(len, tables))
+        qsl = [0]
+        for n in lengths:
+            qsl.append(qsl[-1] + n)
+        meta = AttentionMetadata(
+            slot_mapping=self._to_device(slots, torch.int64),
+            query_start_loc=self._to_device(qsl, torch.int32),
+            seq_lens=self._to_device(lengths, torch.int32),
+            block_tables=self._to_device([t + [0] * (width - len(t)) for t in tables], torch.int32),
+            num_decode_seqs=sum(1 for n in lengths if n == 1),
+            max_query_len=max(lengths),
+            max_seq_len=max(lengths),
+            query_start_loc_cpu=qsl,
+            seq_lens_cpu=lengths,
+        )
+        ids = torch.zeros(sum(lengths), dtype=torch.int64, device=self.device)
+        positions = torch.cat([torch.arange(n, device=self.device) for n in lengths])
+        hidden = self.model(ids, positions, meta)
+        self.model.compute_logits(hidden[torch.tensor(qsl[1:], device=self.device) - 1]).float()
 
     # -- inputs ----------------------------------------------------------------------------
     def prepare_inputs(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
@@ -77,24 +197,111 @@ class ModelRunner:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
+    # -- CUDA graphs -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def capture_cuda_graphs(self) -> None:
+        start = time.perf_counter()
+        max_bs = graph_batch_sizes(self.max_num_seqs)[-1]
+        width = -(-self.max_model_len // self.block_size)
+        dev = self.device
+        hidden_size = self.model.config.hidden_size
+        self.g_input_ids = torch.zeros(max_bs, dtype=torch.int64, device=dev)
+        self.g_positions = torch.zeros(max_bs, dtype=torch.int64, device=dev)
+        self.g_slots = torch.full((max_bs,), -1, dtype=torch.int64, device=dev)
+        self.g_seq_lens = torch.zeros(max_bs, dtype=torch.int32, device=dev)
+        self.g_tables = torch.zeros(max_bs, width, dtype=torch.int32, device=dev)
+        self.g_qsl = torch.arange(max_bs + 1, dtype=torch.int32, device=dev)
+        self.g_hidden = torch.zeros(max_bs, hidden_size, dtype=self.dtype, device=dev)
+        pool = None
+        for b in reversed(graph_batch_sizes(self.max_num_seqs)):
+            meta = self._graph_meta(b)
+            self.model(self.g_input_ids[:b], self.g_positions[:b], meta)  # warm-up (Triton autotune, lazy init)
+            torch.cuda.synchronize(dev)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.g_hidden[:b] = self.model(self.g_input_ids[:b], self.g_positions[:b], meta)
+            pool = graph.pool() if pool is None else pool
+            self.graphs[b] = graph
+        torch.cuda.synchronize(dev)
+        self.stats.capture_seconds = time.perf_counter() - start
+
+    def _graph_meta(self, b: int) -> AttentionMetadata:
+        return AttentionMetadata(
+            slot_mapping=self.g_slots[:b],
+            query_start_loc=self.g_qsl[: b + 1],
+            seq_lens=self.g_seq_lens[:b],
+            block_tables=self.g_tables[:b],
+            num_decode_seqs=b,
+            max_query_len=1,
+            max_seq_len=self.max_model_len,
+            query_start_loc_cpu=list(range(b + 1)),
+            seq_lens_cpu=[],  # host copies do not exist under a graph: backends must not loop on them
+        )
+
+    def _graph_size(self, out: SchedulerOutput) -> int | None:
+        if not self.graphs or out.num_decode_seqs != len(out.scheduled):
+            return None
+        return next((b for b in self.graphs if b >= len(out.scheduled)), None)
+
+    def _fill_graph_inputs(self, out: SchedulerOutput, b: int) -> list[int]:
+        """Copy a decode-only batch into the static buffers of the graph of size b; -> rows to sample."""
+        bs = self.block_size
+        n = len(out.scheduled)
+        ids, pos, slots, lens, rows = [], [], [], [], []
+        width = 0
+        for i, s in enumerate(out.scheduled):
+            seq = s.seq
+            p = seq.num_computed_tokens
+            ids.append(seq.token_ids[p])
+            pos.append(p)
+            slots.append(seq.block_table[p // bs] * bs + p % bs)
+            lens.append(p + 1)
+            width = max(width, len(seq.block_table))
+            if s.samples:
+                rows.append(i)
+        pad = b - n
+        self.g_input_ids[:b].copy_(self._pinned(ids + [0] * pad, torch.int64), non_blocking=True)
+        self.g_positions[:b].copy_(self._pinned(pos + [0] * pad, torch.int64), non_blocking=True)
+        self.g_slots[:b].copy_(self._pinned(slots + [-1] * pad, torch.int64), non_blocking=True)
+        self.g_seq_lens[:b].copy_(self._pinned(lens + [0] * pad, torch.int32), non_blocking=True)
+        tables = [s.seq.block_table + [0] * (width - len(s.seq.block_table)) for s in out.scheduled]
+        self.g_tables[:n, :width].copy_(self._pinned(tables, torch.int32), non_blocking=True)
+        return rows
+
+    @staticmethod
+    def _pinned(values, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype).pin_memory()
+
     # -- one step --------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward_logits(self, out: SchedulerOutput, all_rows: bool = False) -> tuple[torch.Tensor, list[int]]:
+    def forward_logits(self, out: SchedulerOutput, all_rows: bool = False) -> torch.Tensor:
         """Logits of the sampling rows (or of every row): [R, V] float32."""
         hooks = self.hooks
+        graph_size = None if all_rows else self._graph_size(out)
+        decode_only = out.num_decode_seqs == len(out.scheduled)
+        if graph_size is not None:
+            self.stats.graph_steps += 1
+            with hooks.prepare_inputs.span(num_seqs=len(out.scheduled), num_tokens=out.num_batched_tokens):
+                rows = self._fill_graph_inputs(out, graph_size)
+            with hooks.forward.span(num_tokens=len(out.scheduled), num_decode_seqs=out.num_decode_seqs, cuda_graph=True):
+                self.graphs[graph_size].replay()
+                return self.model.compute_logits(self.g_hidden[rows]).float()
+        if decode_only:
+            self.stats.eager_decode_steps += 1
+        else:
+            self.stats.eager_mixed_steps += 1
         with hooks.prepare_inputs.span(num_seqs=len(out.scheduled), num_tokens=out.num_batched_tokens):
             input_ids, positions, meta, rows = self.prepare_inputs(out)
         with hooks.forward.span(num_tokens=len(input_ids), num_decode_seqs=out.num_decode_seqs, cuda_graph=False):
             hidden = self.model(input_ids, positions, meta)
             if not all_rows:
                 hidden = hidden[rows]
-            logits = self.model.compute_logits(hidden).float()
-        return logits, rows
+            return self.model.compute_logits(hidden).float()
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> list[int]:
         """Run the step; returns one sampled token per scheduled sequence whose chunk samples."""
-        logits, _ = self.forward_logits(out)
+        logits = self.forward_logits(out)
         sampling = [s.seq for s in out.scheduled if s.samples]
         if not sampling:
             return []

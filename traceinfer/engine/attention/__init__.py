@@ -24,7 +24,12 @@ def select_backend(name: str, device: torch.device):
     if name not in BACKENDS:
         raise BackendUnavailableError(f"attention_backend={name!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
-        name = "torch" if device.type != "cuda" else "triton"
+        if device.type != "cuda":
+            name = "torch"
+        else:
+            from traceinfer.engine.attention.flash_attn_backend import flash_attn_available
+
+            name = "flash_attn" if flash_attn_available() else "triton"
     if name == "torch":
         return TorchAttention()
     if device.type != "cuda":
@@ -32,7 +37,13 @@ def select_backend(name: str, device: torch.device):
             f"attention_backend={name!r} needs a CUDA device, but the engine runs on {device.type!r}"
             f" (torch.cuda.is_available()={torch.cuda.is_available()}); use attention_backend='torch'"
         )
-    raise BackendUnavailableError(f"attention_backend={name!r} is not built into this version")
+    if name == "triton":
+        from traceinfer.engine.attention.triton_backend import TritonAttention
+
+        return TritonAttention()
+    from traceinfer.engine.attention.flash_attn_backend import FlashAttention
+
+    return FlashAttention()
 
 
 __all__ = ["AttentionMetadata", "TorchAttention", "select_backend", "BACKENDS"]
