@@ -28,6 +28,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-model-len", type=int)
     g.add_argument("--max-num-seqs", type=int)
     g.add_argument("--max-num-batched-tokens", type=int)
+    g.add_argument("--gpu-memory-utilization", type=float)
     g.add_argument("--attention-backend", choices=["auto", "torch", "triton", "flash_attn"])
     g.add_argument("--enforce-eager", action="store_true", default=None, help="no CUDA graphs")
     g.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false", default=None)
@@ -36,7 +37,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 ENGINE_KEYS = (
     "model", "dtype", "device", "block_size", "num_kv_blocks", "max_model_len", "max_num_seqs",
-    "max_num_batched_tokens", "attention_backend", "enforce_eager", "enable_prefix_caching", "enable_chunked_prefill",
+    "max_num_batched_tokens", "gpu_memory_utilization", "attention_backend", "enforce_eager", "enable_prefix_caching", "enable_chunked_prefill",
 )  # fmt: skip
 
 
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ignore-eos", action="store_true")
     add_engine_arguments(gen)
     gen.set_defaults(func=cmd_generate)
+
+    from traceinfer.bench import add_bench_arguments, run_bench
+
+    bench = sub.add_parser("bench", help="nano-vLLM's throughput benchmark, optionally against HF, with the physical floor")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=run_bench)
     return parser
 
 

@@ -1,0 +1,170 @@
+"""traceinfer bench: nano-vLLM's workload, the latency and floor arithmetic, and real runs on synthetic:tiny (CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from traceinfer import LLM
+from traceinfer.bench import (
+    BenchOptions,
+    ModelCost,
+    WorkloadSpec,
+    add_bench_arguments,
+    build_hf_model,
+    decode_kv_token_reads,
+    hf_state_dict,
+    latency_summary,
+    make_workload,
+    model_cost,
+    percentile,
+    physical_floor,
+    prefill_attention_pairs,
+    prefill_flops,
+    run_bench,
+    run_benchmark,
+)
+
+SMALL = dict(min_input_len=8, max_input_len=24, min_output_len=4, max_output_len=12)
+
+
+def nano_vllm_workload(num_requests: int = 256):
+    """nano-vLLM's bench.py lines, verbatim, on the global random state (restored afterwards)."""
+    from random import randint, seed
+
+    state = random.getstate()
+    try:
+        seed(0)
+        prompt_token_ids = [[randint(0, 10000) for _ in range(randint(100, 1024))] for _ in range(num_requests)]
+        max_tokens = [randint(100, 1024) for _ in range(num_requests)]
+    finally:
+        random.setstate(state)
+    return prompt_token_ids, max_tokens
+
+
+def test_workload_is_nano_vllms():
+    prompts, params = make_workload(WorkloadSpec())
+    assert len(prompts) == 256
+    assert sum(map(len, prompts)) == 142_827
+    assert sum(p.max_tokens for p in params) == 133_966
+    assert (prompts, [p.max_tokens for p in params]) == nano_vllm_workload()
+    assert all(p.ignore_eos and p.temperature == 0.6 for p in params)
+
+
+def test_percentile_interpolates_like_numpy():
+    assert percentile([], 50) is None
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([4, 1, 3, 2], 50) == 2.5
+    assert percentile([1, 2, 3, 4], 90) == pytest.approx(3.7)
+    values = np.random.default_rng(0).exponential(size=101).tolist()
+    for q in (50, 90, 99):
+        assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+def test_latency_summary_ttft_and_itl():
+    ms = 1_000_000
+    summary = latency_summary([(0, [10 * ms, 12 * ms, 15 * ms]), (5 * ms, [25 * ms])])
+    assert summary["ttft_ms"]["p50"] == pytest.approx(15.0)  # TTFTs 10 and 20
+    assert summary["itl_ms"]["p50"] == pytest.approx(2.5)  # gaps 2 and 3; a one-token request has none
+    assert summary["itl_ms"]["mean"] == pytest.approx(2.5)
+
+
+def test_floor_arithmetic_by_hand():
+    cost = ModelCost(
+        num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, matmul_params=1000, weight_bytes=5000, dtype_bytes=2
+    )
+    assert cost.kv_bytes_per_token == 2 * 2 * 2 * 8 * 2 == 128
+    # prompt 2, 3 outputs: output 1 from prefill, outputs 2 and 3 from decode steps reading 3 and 4 rows
+    assert decode_kv_token_reads([2], [3]) == 7
+    assert prefill_attention_pairs([2]) == 3
+    assert prefill_flops(cost, [2]) == 2 * 1000 * 2 + 4 * 2 * 4 * 8 * 3
+    floor = physical_floor(cost, [2], [3], num_steps=3, bandwidth_bytes_per_s=1000.0, matmul_flops_per_s=100.0)
+    assert floor.memory_s == pytest.approx((3 * 5000 + 7 * 128) / 1000)
+    assert floor.compute_s == pytest.approx((4000 + 768) / 100)
+    assert floor.output_tok_s == pytest.approx(3 / (floor.memory_s + floor.compute_s))
+
+
+def test_floor_of_qwen3_06b_on_h100_matches_anchors():
+    """ANCHORS.md: 1.19 GB weights, 114,688 KV bytes/token; ~1,024 steps at 3.0 TB/s + 137 TFLOP at 700 TFLOP/s."""
+    from traceinfer.engine.attention import select_backend
+    from traceinfer.engine.models import model_class
+    from traceinfer.engine.synthetic import synthetic_config
+
+    config = synthetic_config("synthetic:qwen3-0.6b")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("meta"):
+            model = model_class(config)(config, select_backend("torch", torch.device("cpu")), 4096)
+    finally:
+        torch.set_default_dtype(previous)
+    cost = model_cost(model)
+    assert cost.kv_bytes_per_token == 114_688
+    assert cost.weight_bytes == pytest.approx(1.19e9, rel=0.01)
+    prompts, params = make_workload(WorkloadSpec())
+    floor = physical_floor(cost, list(map(len, prompts)), [p.max_tokens for p in params], 1024, 3.0e12, 700e12)
+    assert floor.kv_read_bytes == pytest.approx(13.87e12, rel=0.005)
+    assert floor.prefill_flops == pytest.approx(137e12, rel=0.005)
+    assert floor.seconds == pytest.approx(5.2, rel=0.02)
+    assert floor.output_tok_s == pytest.approx(25_600, rel=0.02)
+
+
+def test_hf_model_gets_the_engines_weights():
+    llm = LLM("synthetic:tiny", device="cpu", num_kv_blocks=32)
+    engine = llm.engine
+    weights = hf_state_dict(engine.model)
+    hf = build_hf_model("synthetic:tiny", copy.deepcopy(engine.hf_config), weights, engine.device, engine.dtype)
+    prompt = list(range(100, 140))
+    with torch.no_grad():
+        theirs = hf(torch.tensor([prompt])).logits[0].float()
+    assert (engine.score(prompt) - theirs).abs().max().item() < 1e-4
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_run_bench_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = parse(
+        "--device", "cpu", "--num-requests", "4", "--min-input-len", "8", "--max-input-len", "24",
+        "--min-output-len", "4", "--max-output-len", "12", "--num-kv-blocks", "64", "--json", str(out),
+    )  # fmt: skip
+    assert run_bench(args) == 0
+    result = json.loads(out.read_text())
+    _, params = make_workload(WorkloadSpec(num_requests=4, **SMALL))
+    ours = result["traceinfer"]
+    assert ours["output_tokens"] == sum(p.max_tokens for p in params)  # ignore_eos: every request runs to max_tokens
+    assert result["model"].startswith("synthetic:tiny") and result["synthetic"]
+    assert ours["latency"]["ttft_ms"]["p50"] > 0 and ours["latency"]["itl_ms"]["p99"] > 0
+    steps = ours["details"]["engine_steps"]
+    assert steps["model_steps"] >= max(p.max_tokens for p in params)
+    assert result["floor"]["num_steps"] == steps["model_steps"]
+    assert 0 < result["fraction_of_floor"] and result["device_rates"]["bandwidth_measured"]
+    printed = capsys.readouterr().out
+    assert "TTFT includes queueing" in printed and "physical floor" in printed and str(out) in printed
+
+
+def test_compare_hf_runs_the_same_requests():
+    spec = WorkloadSpec(num_requests=3, **SMALL)
+    opts = BenchOptions(
+        workload=spec,
+        engine_options=dict(model="synthetic:tiny", device="cpu", num_kv_blocks=64),
+        compare="hf",
+        bandwidth_bytes_per_s=1e10,
+        matmul_flops_per_s=1e11,
+    )
+    result = run_benchmark(opts)
+    _, params = make_workload(spec)
+    expected = sum(p.max_tokens for p in params)
+    assert result["traceinfer"]["output_tokens"] == result["hf"]["output_tokens"] == expected
+    assert result["ratio_traceinfer_over_hf"] > 0
+    assert not result["device_rates"]["bandwidth_measured"]
