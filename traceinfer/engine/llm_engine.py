@@ -161,7 +161,10 @@ class LLMEngine:
 
     # -- one step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedule and run one step; returns an output for every request that got a token or finished."""
+        """Schedule and run one step; returns the outputs of the requests that finished in it.
+
+        To stream tokens as they come, subscribe to the ``token`` hook point; building a full output
+        for every running request on every step would cost more host time than the step itself."""
         hooks = self.hooks
         outputs: list[RequestOutput] = []
         with hooks.step.span(step=self.step_index) as step_info:
@@ -212,9 +215,7 @@ class LLMEngine:
             if self.hooks.token:
                 self.hooks.token.emit(request_id=seq.request_id, token_id=token, index=seq.num_output_tokens - 1)
             reason = self._stop_reason(seq, token)
-            if reason is None:
-                outputs.append(self._output(seq))
-            else:
+            if reason is not None:
                 self.scheduler.remove(seq)
                 outputs.append(self._finish(seq, reason))
         return outputs
@@ -240,13 +241,12 @@ class LLMEngine:
         return self._output(seq)
 
     def _output(self, seq: Sequence) -> RequestOutput:
-        finished = seq.is_finished
         return RequestOutput(
             request_id=seq.request_id,
             prompt_token_ids=seq.prompt_token_ids,
             token_ids=seq.output_token_ids,
-            text=self.tokenizer.decode(seq.output_token_ids) if finished else "",
-            finished=finished,
+            text=self.tokenizer.decode(seq.output_token_ids),
+            finished=seq.is_finished,
             finish_reason=seq.finish_reason.value if seq.finish_reason else None,
             error=seq.error,
             arrival_ns=seq.arrival_ns,

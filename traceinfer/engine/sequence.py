@@ -112,7 +112,7 @@ class Sequence:
 
 @dataclass(frozen=True)
 class RequestOutput:
-    """What a finished (or, from the step API, progressing) request returns."""
+    """What a finished (or aborted) request returns."""
 
     request_id: str
     prompt_token_ids: list[int]
