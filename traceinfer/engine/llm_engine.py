@@ -203,6 +203,7 @@ class LLMEngine:
         outputs = []
         sampled = iter(tokens)
         now = time.perf_counter_ns()
+        token_hook = self.hooks.token if self.hooks.token else None  # checked once per step, not per sequence
         for s in scheduled:
             seq = s.seq
             samples = s.samples
@@ -212,8 +213,8 @@ class LLMEngine:
                 continue
             token = next(sampled)
             seq.append_token(token, now)
-            if self.hooks.token:
-                self.hooks.token.emit(request_id=seq.request_id, token_id=token, index=seq.num_output_tokens - 1)
+            if token_hook is not None:
+                token_hook.emit(request_id=seq.request_id, token_id=token, index=seq.num_output_tokens - 1)
             reason = self._stop_reason(seq, token)
             if reason is not None:
                 self.scheduler.remove(seq)
