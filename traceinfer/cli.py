@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="nano-vLLM's throughput benchmark, optionally against HF, with the physical floor")
     add_bench_arguments(bench)
     bench.set_defaults(func=run_bench)
+
+    from traceinfer.profile import add_profile_arguments, run_profile
+
+    profile = sub.add_parser("profile", help="run a workload with probes and write a run directory")
+    add_profile_arguments(profile)
+    profile.set_defaults(func=run_profile)
     return parser
 
 

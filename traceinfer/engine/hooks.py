@@ -22,7 +22,7 @@ Subscriber = Callable[[str, Phase, int, dict], None]
 
 #: Every hook point the engine calls, in the order a step reaches them.
 HOOK_POINTS: tuple[str, ...] = (
-    "add_request",  # i: request_id, prompt_len, max_tokens
+    "add_request",  # i: request_id, prompt_len, max_tokens, priority, arrival_ns
     "step",  # span: step
     "schedule",  # span: step; end carries the scheduled batch summary
     "block",  # i: op, request_id, block_ids, block_hashes, ref_counts, free/used/cached
@@ -31,7 +31,7 @@ HOOK_POINTS: tuple[str, ...] = (
     "forward",  # span: num_tokens, cuda_graph
     "sample",  # span: num_seqs
     "postprocess",  # span: num_seqs
-    "token",  # i: request_id, token_id, index
+    "tokens",  # i, once per step: request_ids, token_ids, indices (output index of each token)
     "finish",  # i: request_id, reason, num_output_tokens
 )
 

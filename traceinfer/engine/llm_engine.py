@@ -145,7 +145,8 @@ class LLMEngine:
         self.scheduler.add(seq)
         if self.hooks.add_request:
             self.hooks.add_request.emit(
-                request_id=request_id, prompt_len=seq.prompt_len, max_tokens=params.max_tokens, priority=priority
+                request_id=request_id, prompt_len=seq.prompt_len, max_tokens=params.max_tokens, priority=priority,
+                arrival_ns=seq.arrival_ns,
             )
         return request_id
 
@@ -203,7 +204,8 @@ class LLMEngine:
         outputs = []
         sampled = iter(tokens)
         now = time.perf_counter_ns()
-        token_hook = self.hooks.token if self.hooks.token else None  # checked once per step, not per sequence
+        # one 'tokens' event per step, not one per sequence: at 256 sequences a call each would cost ~1% of a step
+        emitted = ([], [], []) if self.hooks.tokens else None
         for s in scheduled:
             seq = s.seq
             samples = s.samples
@@ -213,12 +215,16 @@ class LLMEngine:
                 continue
             token = next(sampled)
             seq.append_token(token, now)
-            if token_hook is not None:
-                token_hook.emit(request_id=seq.request_id, token_id=token, index=seq.num_output_tokens - 1)
+            if emitted is not None:
+                emitted[0].append(seq.request_id)
+                emitted[1].append(token)
+                emitted[2].append(seq.num_output_tokens - 1)
             reason = self._stop_reason(seq, token)
             if reason is not None:
                 self.scheduler.remove(seq)
                 outputs.append(self._finish(seq, reason))
+        if emitted is not None and emitted[0]:
+            self.hooks.tokens.emit(request_ids=emitted[0], token_ids=emitted[1], indices=emitted[2])
         return outputs
 
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:

@@ -1,0 +1,128 @@
+"""``traceinfer profile`` and its workloads, on synthetic:tiny (CPU): a whole run, bad input, and Ctrl-C."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.probe_checks import trace_problems
+from traceinfer.bench import CPU_WORKLOAD, make_workload
+from traceinfer.probes import PRESETS, read_manifest, read_stream
+from traceinfer.probes.rundir import STREAMS
+from traceinfer.profile import main
+from traceinfer.workloads import CPU_CHATBOT, CUDA_CHATBOT, ChatbotSpec, chatbot_workload, make
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def flush_denormals():
+    """See tests/test_probes.py: synthetic weights on CPU are ~50x slower with float32 denormals."""
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_probes():
+    callbacks = list(gc.callbacks)
+    yield
+    left = [t.name for t in threading.enumerate() if t.name.startswith("traceinfer-")]
+    if left or gc.callbacks != callbacks:
+        pytest.fail(f"a probe outlived its session: threads {left}, gc.callbacks {gc.callbacks}")
+
+
+# -- workloads -------------------------------------------------------------------------------
+def test_chatbot_workload_is_seeded_and_shaped_like_a_chat():
+    prompts, params = chatbot_workload(CUDA_CHATBOT)
+    assert (prompts, params) == chatbot_workload(CUDA_CHATBOT)
+    assert prompts != chatbot_workload(ChatbotSpec(seed=1))[0]
+    assert len(prompts) == 64
+    assert 110 <= sum(map(len, prompts)) / 64 <= 146  # about 128 prompt tokens
+    assert 220 <= sum(p.max_tokens for p in params) / 64 <= 292  # about 256 output tokens
+    system = prompts[0][:32]
+    assert all(p[:32] == system for p in prompts)  # a shared system prompt for the prefix cache
+    assert all(p.ignore_eos and p.temperature == 0.7 for p in params)
+    assert all(0 <= t <= 10000 for p in prompts for t in p)
+    with pytest.raises(Exception, match="system_prompt_len"):
+        ChatbotSpec(system_prompt_len=100)
+
+
+def test_make_picks_the_size_by_device():
+    assert len(make("chatbot", on_cuda=False).prompts) == CPU_CHATBOT.num_requests
+    bench = make("bench", on_cuda=False, num_requests=3)
+    assert bench.prompts == make_workload(dataclasses.replace(CPU_WORKLOAD, num_requests=3))[0]
+    assert bench.spec["kind"] == "WorkloadSpec" and bench.spec["num_requests"] == 3
+
+
+# -- a whole run -----------------------------------------------------------------------------
+def test_profile_writes_a_complete_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["--workload", "chatbot", "--num-requests", "3", "--probes", "all", "--out", str(out),
+                 "--num-kv-blocks", "64", "--sample-hz", "50"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert f"run directory: {out}" in printed and "ui.perfetto.dev" in printed and "probe overhead" in printed
+
+    m = read_manifest(out)
+    assert m["status"] == "completed" and m["workload"]["name"] == "chatbot" and m["workload"]["num_requests"] == 3
+    assert m["engine"]["model"].startswith("synthetic:tiny") and m["probes"]["enabled"] == list(PRESETS["all"])
+    assert m["results"]["requests"] == 3 and m["results"]["output_tokens"] > 0
+    o = m["overhead"]
+    assert o["throughput_ratio"] == pytest.approx(o["probed_output_tok_s"] / o["baseline_output_tok_s"])
+    assert o["probed_output_tok_s"] == m["results"]["output_tok_s"]
+    assert m["command"][:2] == ["traceinfer", "profile"]
+    for name in ("steps", "requests", "tokens", "kv_events", "gc", "host_samples", "thread_samples"):
+        assert name in m["streams"], name
+    assert len(read_stream(out, "tokens")) == m["results"]["output_tokens"]
+    assert trace_problems(json.loads((out / "trace.json").read_text())) == []
+
+    assert main(["--out", str(out), "--num-kv-blocks", "64"]) == 2  # never overwrites a run
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_profile_rejects_an_unknown_probe_before_loading_a_model(tmp_path, capsys):
+    assert main(["--probes", "steps,nope", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown probe 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_sigint_leaves_a_readable_run_directory(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "traceinfer.profile", "--workload", "chatbot", "--num-requests", "256",
+           "--probes", "default", "--out", str(out), "--num-kv-blocks", "512", "--no-baseline"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        tokens = out / STREAMS["tokens"].file
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if tokens.exists() and len(tokens.read_text().splitlines()) >= 2:  # header + one flushed batch
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before it could be interrupted:\n{proc.stdout.read()}"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, output
+    m = read_manifest(out)
+    assert m["status"] == "interrupted" and m["results"] is None, output
+    for name, s in m["streams"].items():
+        rows = read_stream(out, name)
+        assert len(rows) == s["rows"], name
+    assert len(read_stream(out, "tokens")) > 0
+    assert m["probes"]["details"]["steps"]["rows"] == len(read_stream(out, "steps"))
+    assert trace_problems(json.loads((out / "trace.json").read_text())) == []

@@ -1,0 +1,74 @@
+"""CUDA allocator probe (stream 'cuda_memory'): torch's caching-allocator counters after every step,
+and optionally a ``torch.cuda.memory`` snapshot for https://pytorch.org/memory_viz.
+
+``torch.cuda.memory_stats`` builds a dict of a few hundred entries (tens of microseconds), so this
+probe is in ``all``, not ``default``. Absent (no rows, the reason in the manifest) without CUDA.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from traceinfer.probes.base import Probe, ProbeContext
+from traceinfer.probes.rundir import MEMORY_SNAPSHOT
+
+
+class CudaMemoryProbe(Probe):
+    name = "cuda_memory"
+    description = (
+        "torch CUDA allocator stats per step (allocated, reserved, fragmentation, retries); optional memory snapshot"
+    )
+    streams = ("cuda_memory",)
+
+    def __init__(self, ctx: ProbeContext) -> None:
+        super().__init__(ctx)
+        self._steps = ctx.steps
+        self._torch = None
+        self.snapshot: str | None = None
+        device = ctx.engine.device
+        if device.type != "cuda":
+            self.absent(f"the engine runs on {device.type}: no CUDA allocator")
+            return
+        import torch
+
+        if not torch.cuda.is_available():
+            self.absent("torch sees no CUDA device")
+            return
+        self._torch = torch
+        self._device = device
+        self._append = ctx.writer.stream("cuda_memory").rows.append
+
+    def subscriptions(self) -> dict[str, Callable]:
+        return {"step": self._on_step} if self._torch is not None else {}
+
+    def start(self) -> None:
+        if self._torch is not None:
+            self._torch.cuda.reset_peak_memory_stats(self._device)
+            if self.ctx.options.memory_snapshot:
+                self._torch.cuda.memory._record_memory_history(max_entries=100_000)
+
+    def _on_step(self, point: str, phase: str, t: int, fields: dict) -> None:
+        if phase != "E":
+            return
+        s = self._torch.cuda.memory_stats(self._device)
+        allocated = s.get("allocated_bytes.all.current")
+        reserved = s.get("reserved_bytes.all.current")
+        frag = 1.0 - allocated / reserved if reserved and allocated is not None else None
+        self._append(
+            (time.perf_counter_ns(), self._steps.step, allocated, reserved, s.get("active_bytes.all.current"),
+             s.get("inactive_split_bytes.all.current"), frag, s.get("allocated_bytes.all.peak"),
+             s.get("num_alloc_retries"), s.get("num_ooms"))
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        if self._torch is not None and self.ctx.options.memory_snapshot and self.snapshot is None:
+            path = self.ctx.writer.path / MEMORY_SNAPSHOT
+            try:
+                self._torch.cuda.memory._dump_snapshot(str(path))
+                self.snapshot = path.name
+            finally:
+                self._torch.cuda.memory._record_memory_history(enabled=None)
+
+    def info(self) -> dict:
+        return {**super().info(), "memory_snapshot": self.snapshot}

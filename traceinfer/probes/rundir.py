@@ -1,0 +1,395 @@
+"""The run directory: one folder per profiled run, written as it goes, readable at any moment.
+
+Layout::
+
+    RUN/
+      manifest.json        what ran and how: config, packages, device, git commit, clock, timing,
+                           probes on and their measured cost, stream files, status
+                           ("running" until closed, then "completed", "interrupted" or "failed")
+      <stream>.jsonl       one file per event stream in STREAMS (only the streams of probes that ran)
+      trace.json           Chrome / Perfetto trace, merged from the streams by traceinfer.reports.perfetto
+      memory_snapshot.pickle   optional torch.cuda.memory snapshot (https://pytorch.org/memory_viz)
+
+A stream file is JSON Lines: the first line is a header object, every later line a JSON array of rows
+(one flush writes one or more lines), each row an array in the header's column order::
+
+    {"stream": "tokens", "format_version": 1, "columns": ["t_ns", "step", "request_id", "index", "token_id"]}
+    [[81723640311,0,"0",0,5121],[81723640319,0,"1",0,913]]
+    [[81724101233,1,"0",1,77]]
+
+Rows in batches keep the writer cheap (one ``json.dumps`` per flush instead of one per event) and keep
+the file crash-safe: the flusher writes every ``flush_interval_s`` (0.5 s), so a crash or Ctrl-C loses
+at most the last half second, and a torn last line is skipped by ``read_stream`` with a warning. A live
+reader can tail the files. Times are ``time.perf_counter_ns()`` of the process that wrote them; the
+manifest's ``clock`` pairs ``t0_ns`` with the Unix time, and trace timestamps are relative to ``t0_ns``.
+Absent hardware gives ``null`` fields (or no stream, with the reason in the manifest), never zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT = "traceinfer-run"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TRACE = "trace.json"
+MEMORY_SNAPSHOT = "memory_snapshot.pickle"
+ROWS_PER_LINE = 2048  # rows encoded per json.dumps call (about a millisecond of GIL)
+
+
+@dataclass(frozen=True)
+class StreamSchema:
+    """One event stream: its file and its columns (name -> meaning, with the unit)."""
+
+    name: str
+    doc: str
+    columns: dict[str, str]
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.jsonl"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.columns)
+
+
+_STAGES = ("schedule", "prepare", "forward", "sample", "postprocess")
+
+#: Every event stream a probe can write, with its column schema. Rows are written in this column order.
+STREAMS: dict[str, StreamSchema] = {
+    s.name: s
+    for s in (
+        StreamSchema(
+            "steps",
+            "one row per engine step (probe 'steps')",
+            {
+                "step": "engine step index",
+                "t_ns": "step begin, perf_counter_ns",
+                "dur_ns": "host time of the whole step",
+                **{
+                    col: desc
+                    for stage in _STAGES
+                    for col, desc in (
+                        (f"{stage}_start_ns", f"{stage} begin, perf_counter_ns (null when the step had no {stage})"),
+                        (
+                            f"{stage}_ns",
+                            f"host time in {stage}" + (" (the launch, on CUDA)" if stage == "forward" else ""),
+                        ),
+                    )
+                },
+                "other_ns": "host time of the step outside the five stages",
+                "gpu_forward_ns": "GPU time of the forward from CUDA events (null without CUDA)",
+                "gpu_gap_ns": "GPU idle between the previous forward's end and this one's start (null without CUDA)",
+                "cuda_graph": "forward replayed a CUDA graph (false: eager; null: no forward)",
+                "num_seqs": "sequences scheduled",
+                "num_prefill_seqs": "of those, prefill chunks",
+                "num_decode_seqs": "of those, decodes",
+                "num_batched_tokens": "query tokens in the batch",
+                "num_prefill_tokens": "prefill query tokens",
+                "num_decode_tokens": "decode query tokens",
+                "num_cached_tokens": "prompt tokens served from the prefix cache this step",
+                "token_budget": "max_num_batched_tokens",
+                "num_waiting": "waiting queue length after scheduling",
+                "num_running": "running queue length after scheduling",
+                "num_preempted": "requests preempted while scheduling",
+                "num_free_blocks": "free KV blocks after scheduling",
+                "num_outputs": "request outputs the step returned",
+            },
+        ),
+        StreamSchema(
+            "requests",
+            "request lifecycle events (probe 'requests'); tokens are in the 'tokens' stream",
+            {
+                "t_ns": "perf_counter_ns",
+                "step": "engine step the event fell in (the last started step when between steps)",
+                "request_id": "request id",
+                "event": "arrival | scheduled | preempted | finished",
+                "prompt_len": "arrival: prompt tokens",
+                "max_tokens": "arrival: the request's max_tokens",
+                "cached_tokens": "scheduled: prompt tokens served from the prefix cache",
+                "reason": "finished: length | stop | eos | aborted | error",
+                "num_output_tokens": "finished: output tokens",
+                "num_computed_tokens": "preempted: computed tokens whose KV was dropped (recomputed later)",
+                "error": "finished with an error: the message",
+            },
+        ),
+        StreamSchema(
+            "tokens",
+            "every output token (probe 'requests')",
+            {
+                "t_ns": "host time the token was produced, perf_counter_ns",
+                "step": "engine step",
+                "request_id": "request id",
+                "index": "output position, from 0",
+                "token_id": "token id",
+            },
+        ),
+        StreamSchema(
+            "kv_events",
+            "every KV block operation (probe 'kv'); vllm_event names the matching vLLM KV event",
+            {
+                "t_ns": "perf_counter_ns",
+                "step": "engine step (the last started one when between steps)",
+                "op": "snapshot | allocate | append | hit | stored | free | preempt | evict | reset",
+                "vllm_event": "BlockStored | BlockRemoved | AllBlocksCleared, or null where vLLM has none",
+                "request_id": "request id (null for evict, reset, snapshot)",
+                "block_ids": "physical block ids of the op (free/preempt: in release order)",
+                "block_hashes": "prefix-cache hash of each block (null: not cached)",
+                "parent_block_hashes": "stored: hash of each block's parent (null at the chain root)",
+                "ref_counts": "reference count of each block after the op",
+                "token_ids": "stored: the tokens of each block",
+                "num_free": "free blocks after the op (includes cached evictable ones)",
+                "num_used": "blocks held by requests after the op",
+                "num_cached": "blocks in the prefix cache after the op",
+                "state": "snapshot only: {num_blocks, block_size, free_queue, ref_counts, hashes, parent_hashes, token_ids}",
+            },
+        ),
+        StreamSchema(
+            "gc",
+            "garbage collections from gc.callbacks (probe 'gc')",
+            {
+                "t_ns": "collection start, perf_counter_ns",
+                "dur_ns": "pause",
+                "generation": "0, 1 or 2",
+                "collected": "objects collected",
+                "uncollectable": "uncollectable objects found",
+                "step": "engine step it landed in (the last started one when between steps)",
+                "in_step": "true when it ran inside a step",
+                "thread": "name of the thread that triggered it",
+            },
+        ),
+        StreamSchema(
+            "thread_samples",
+            "a stack sample of every thread (probe 'threads'; sys._current_frames)",
+            {
+                "t_ns": "perf_counter_ns",
+                "step": "engine step",
+                "thread_id": "threading ident",
+                "native_id": "OS thread id",
+                "thread_name": "thread name",
+                "cpu_ns": "thread CPU time so far (null where the OS gives none)",
+                "stack": "folded stack, root first: 'module.py:func;module.py:func'",
+            },
+        ),
+        StreamSchema(
+            "host_samples",
+            "this process, from psutil (probe 'samplers')",
+            {
+                "t_ns": "perf_counter_ns",
+                "step": "engine step",
+                "cpu_percent": "process CPU % since the previous sample (100 = one core)",
+                "rss_bytes": "resident set size",
+                "num_threads": "OS threads",
+                "ctx_switches_voluntary": "cumulative",
+                "ctx_switches_involuntary": "cumulative",
+                "cpu_user_s": "cumulative user CPU seconds",
+                "cpu_system_s": "cumulative system CPU seconds",
+            },
+        ),
+        StreamSchema(
+            "gpu_samples",
+            "the engine's GPU, from NVML (probe 'samplers'); null where the GPU does not report a field",
+            {
+                "t_ns": "perf_counter_ns",
+                "step": "engine step",
+                "gpu_util_pct": "GPU utilization %",
+                "mem_util_pct": "memory controller utilization %",
+                "mem_used_bytes": "device memory used",
+                "power_w": "power draw, W",
+                "sm_clock_mhz": "SM clock",
+                "mem_clock_mhz": "memory clock",
+                "temperature_c": "GPU temperature",
+                "pcie_rx_bytes_s": "PCIe receive rate (read at most twice a second, else null)",
+                "pcie_tx_bytes_s": "PCIe transmit rate (read at most twice a second, else null)",
+            },
+        ),
+        StreamSchema(
+            "cuda_memory",
+            "torch CUDA caching allocator after every step (probe 'cuda_memory')",
+            {
+                "t_ns": "perf_counter_ns",
+                "step": "engine step",
+                "allocated_bytes": "in tensors",
+                "reserved_bytes": "held by the caching allocator",
+                "active_bytes": "in active blocks",
+                "inactive_split_bytes": "free pieces of split blocks",
+                "fragmentation": "1 - allocated / reserved (null when nothing is reserved)",
+                "peak_allocated_bytes": "peak allocated since the run began",
+                "num_alloc_retries": "cudaMalloc retries after freeing the cache (cumulative)",
+                "num_ooms": "out-of-memory errors (cumulative)",
+            },
+        ),
+    )
+}
+
+
+# -- writing -------------------------------------------------------------------------------
+class StreamWriter:
+    """Rows of one stream, appended by probes (``rows.append(tuple)``), written by the flusher."""
+
+    __slots__ = ("_fh", "count", "path", "rows", "schema")
+
+    def __init__(self, schema: StreamSchema, path: Path) -> None:
+        self.schema = schema
+        self.rows: list = []
+        self.path = path
+        self.count = 0
+        self._fh = open(path, "w", encoding="utf-8")
+        header = {"stream": schema.name, "format_version": FORMAT_VERSION, "columns": list(schema.names)}
+        self._fh.write(json.dumps(header) + "\n")
+        self._fh.flush()
+
+    def flush(self) -> int:
+        rows = self.rows
+        n = len(rows)  # rows appended while we write stay for the next flush
+        if not n:
+            return 0
+        chunk = rows[:n]
+        del rows[:n]
+        for i in range(0, n, ROWS_PER_LINE):  # short GIL holds: the engine thread runs between lines
+            self._fh.write(json.dumps(chunk[i : i + ROWS_PER_LINE], separators=(",", ":"), default=_jsonable) + "\n")
+        self._fh.flush()
+        self.count += n
+        return n
+
+    def close(self) -> None:
+        self.flush()
+        self._fh.close()
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy / torch scalars and other odd values: as plain numbers, else as their str()."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    return str(value)
+
+
+class RunWriter:
+    """Owns a run directory: the manifest and one StreamWriter per stream, flushed on a thread."""
+
+    def __init__(self, path: str | Path, manifest: dict, flush_interval_s: float = 0.5) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if (self.path / MANIFEST).exists():
+            raise FileExistsError(f"{self.path} already holds a run ({MANIFEST}); choose another directory")
+        self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", **manifest}
+        self.streams: dict[str, StreamWriter] = {}
+        self.flush_interval_s = flush_interval_s
+        self.flusher_cpu_s = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.write_manifest()
+
+    def stream(self, name: str) -> StreamWriter:
+        """The writer of stream ``name`` (one of STREAMS), created on first use."""
+        with self._lock:
+            if name not in self.streams:
+                self.streams[name] = StreamWriter(STREAMS[name], self.path / STREAMS[name].file)
+            return self.streams[name]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="traceinfer-flusher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval_s):
+            self.flush()
+        self.flusher_cpu_s = time.thread_time()
+
+    def flush(self) -> None:
+        with self._lock:
+            for s in self.streams.values():
+                s.flush()
+
+    def write_manifest(self) -> None:
+        self.manifest["streams"] = {
+            name: {"file": s.schema.file, "columns": list(s.schema.names), "rows": s.count + len(s.rows)}
+            for name, s in self.streams.items()
+        }
+        write_json_atomic(self.path / MANIFEST, self.manifest)
+
+    def close(self, status: str) -> dict:
+        """Stop the flusher, write what is left, write the final manifest; returns it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            for s in self.streams.values():
+                s.close()
+        self.manifest["status"] = status
+        self.write_manifest()
+        return self.manifest
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a manifest."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def update_manifest(run_dir: str | Path, **fields: Any) -> dict:
+    """Merge top-level ``fields`` into a closed run's manifest (e.g. an overhead measured afterwards)."""
+    manifest = read_manifest(run_dir)
+    manifest.update(fields)
+    write_json_atomic(Path(run_dir) / MANIFEST, manifest)
+    return manifest
+
+
+# -- reading -------------------------------------------------------------------------------
+def read_manifest(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a traceinfer run directory: no {MANIFEST}")
+    return json.loads(path.read_text())
+
+
+def iter_stream(run_dir: str | Path, name: str) -> Iterator[tuple]:
+    """Rows of stream ``name`` as tuples in STREAMS[name] column order; nothing if the stream is absent.
+
+    A torn or unreadable line (a crash mid-write) is skipped with a warning; columns missing from an
+    older file are filled with None."""
+    schema = STREAMS[name]
+    path = Path(run_dir) / schema.file
+    if not path.exists():
+        return
+    bad = 0
+    with open(path, encoding="utf-8") as fh:
+        header_line = fh.readline()
+        try:
+            columns = json.loads(header_line)["columns"]
+        except (ValueError, KeyError, TypeError):
+            warnings.warn(f"{path}: no header line; ignored the file")
+            return
+        index = [columns.index(c) if c in columns else None for c in schema.names]
+        identity = index == list(range(len(schema.names))) and len(columns) == len(index)
+        for line in fh:
+            try:
+                batch = json.loads(line)
+            except ValueError:
+                bad += 1
+                continue
+            for row in batch:
+                if identity:
+                    yield tuple(row)
+                else:
+                    yield tuple(None if i is None else row[i] for i in index)
+    if bad:
+        warnings.warn(f"{path}: ignored {bad} unreadable line(s) (a run that was cut off mid-write)")
+
+
+def read_stream(run_dir: str | Path, name: str) -> list[dict]:
+    """Rows of stream ``name`` as dicts (column -> value)."""
+    cols = STREAMS[name].names
+    return [dict(zip(cols, row)) for row in iter_stream(run_dir, name)]
