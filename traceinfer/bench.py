@@ -341,41 +341,59 @@ class EngineRun:
     config: dict
     hf_config: Any
     hf_state_dict: dict | None  # the engine's weights under HF names, on CPU (only for --compare hf)
+    probe_runs: dict = field(default_factory=dict)  # probe set -> RunResult
 
 
 def run_traceinfer(
-    engine_options: dict, prompts: list[list[int]], params: list[SamplingParams], config_file=None, keep_weights=False
+    engine_options: dict,
+    prompts: list[list[int]],
+    params: list[SamplingParams],
+    config_file=None,
+    keep_weights=False,
+    probe_sets: Sequence[str] = ("off",),
 ) -> EngineRun:
-    """Build the engine, warm up, time one generate over the whole batch; the engine is freed on return."""
+    """Build the engine, warm up, then time one generate over the whole batch under each probe set
+    (same engine, prefix cache emptied before each); the first set's run is the result."""
     from traceinfer.engine.llm_engine import LLM
+    from traceinfer.probes import attach
 
     llm = LLM(config_file=config_file, **engine_options)
     engine = llm.engine
     llm.generate(*warmup_request(params[0].temperature))
+    runs: dict[str, RunResult] = {}
     steps = StepCounter()
-    unsubscribe = engine.hooks.subscribe(steps, ("schedule",))
-    try:
-        synchronize(engine.device)
-        start = time.perf_counter()
-        outputs = llm.generate(prompts, params)
-        synchronize(engine.device)
-        seconds = time.perf_counter() - start
-    finally:
-        unsubscribe()
-    details = {
-        "engine_steps": steps.as_dict(),
-        "attention_backend": engine.attention_backend,
-        "num_kv_blocks": engine.block_manager.num_blocks,
-        "finish_reasons": sorted({o.finish_reason for o in outputs}),
-    }
-    result = _run_result(
-        "traceinfer", prompts, [len(o.token_ids) for o in outputs], seconds,
-        [(o.arrival_ns, o.token_times_ns) for o in outputs], details,
-    )  # fmt: skip
+    for spec in probe_sets:
+        engine.block_manager.reset_prefix_cache()  # each run starts cold, or later runs would hit earlier prompts
+        counter = StepCounter()
+        unsubscribe = engine.hooks.subscribe(counter, ("schedule",))
+        session = attach(engine, spec, None)  # a temporary run directory: writing is part of the cost
+        try:
+            synchronize(engine.device)
+            start = time.perf_counter()
+            outputs = llm.generate(prompts, params)
+            synchronize(engine.device)
+            seconds = time.perf_counter() - start
+        finally:
+            session.close()
+            unsubscribe()
+        if not runs:
+            steps = counter
+        details = {
+            "probes": spec,
+            "engine_steps": counter.as_dict(),
+            "attention_backend": engine.attention_backend,
+            "num_kv_blocks": engine.block_manager.num_blocks,
+            "cuda_graph_steps": engine.runner.stats.graph_steps,
+            "finish_reasons": sorted({o.finish_reason for o in outputs}),
+        }
+        runs[spec] = _run_result(
+            "traceinfer", prompts, [len(o.token_ids) for o in outputs], seconds,
+            [(o.arrival_ns, o.token_times_ns) for o in outputs], details,
+        )  # fmt: skip
     config = dataclasses.asdict(engine.config)
     config.update(resolved_device=str(engine.device), resolved_dtype=str(engine.dtype).removeprefix("torch."))
     run = EngineRun(
-        result=result,
+        result=runs[probe_sets[0]],
         cost=model_cost(engine.model),
         steps=steps,
         label=engine.model_label,
@@ -383,9 +401,18 @@ def run_traceinfer(
         config=config,
         hf_config=copy.deepcopy(engine.hf_config),
         hf_state_dict=hf_state_dict(engine.model) if keep_weights else None,
+        probe_runs=runs,
     )
     del llm, engine, outputs
     return run
+
+
+def probe_costs(runs: dict[str, RunResult]) -> dict[str, float] | None:
+    """Throughput cost of each probe set against 'off', in percent (positive = slower)."""
+    if "off" not in runs or len(runs) < 2:
+        return None
+    base = runs["off"].output_tok_s
+    return {spec: 100.0 * (1.0 - r.output_tok_s / base) for spec, r in runs.items() if spec != "off"}
 
 
 # checkpoint projections packed into one engine parameter, in shard order
@@ -538,8 +565,21 @@ class BenchOptions:
     engine_options: dict  # EngineConfig keys, model resolved
     config_file: str | None = None
     compare: str | None = None  # "hf"
+    probe_sets: tuple[str, ...] = ("off",)  # timed one after another on one engine
     bandwidth_bytes_per_s: float | None = None  # given: skip measuring
     matmul_flops_per_s: float | None = None
+
+
+def parse_probe_sets(spec: str | None) -> tuple[str, ...]:
+    """'off,default,all' -> ('off', 'default', 'all'); each set is checked by the probe registry."""
+    from traceinfer.probes import resolve_probes
+
+    sets = tuple(p.strip() for p in (spec or "off").split(",") if p.strip())
+    for s in sets:
+        resolve_probes(s)
+    if len(set(sets)) != len(sets):
+        raise ConfigError(f"--probes lists a set twice: {spec!r}")
+    return sets
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
@@ -564,6 +604,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         engine_options=engine_options,
         config_file=config_file,
         compare=args.compare,
+        probe_sets=parse_probe_sets(args.probes),
         bandwidth_bytes_per_s=args.bandwidth * 1e9 if args.bandwidth else None,
         matmul_flops_per_s=args.matmul_tflops * 1e12 if args.matmul_tflops else None,
     )
@@ -585,7 +626,7 @@ def run_benchmark(opts: BenchOptions) -> dict:
     release_device_memory(device)
 
     keep_weights = opts.compare == "hf" and is_synthetic(config.model)  # a directory: HF loads it itself
-    run = run_traceinfer(opts.engine_options, prompts, params, opts.config_file, keep_weights)
+    run = run_traceinfer(opts.engine_options, prompts, params, opts.config_file, keep_weights, opts.probe_sets)
     release_device_memory(device)
     floor = physical_floor(run.cost, list(map(len, prompts)), output_lens, run.steps.model_steps, bandwidth, flops)
 
@@ -625,6 +666,8 @@ def run_benchmark(opts: BenchOptions) -> dict:
         "ratio_traceinfer_over_hf": ours.output_tok_s / hf.output_tok_s if hf else None,
         "floor": dataclasses.asdict(floor),
         "fraction_of_floor": ours.output_tok_s / floor.output_tok_s,
+        "probe_runs": {spec: dataclasses.asdict(r) for spec, r in run.probe_runs.items()},
+        "probe_cost_pct": probe_costs(run.probe_runs),
     }
 
 
@@ -672,6 +715,13 @@ def format_report(result: dict) -> str:
         lines.append(label.ljust(label_w) + "  " + "  ".join(c.rjust(wd) for c, wd in zip(cells, widths)))
     if hf:
         lines.append(f"traceinfer / HF output tok/s: {result['ratio_traceinfer_over_hf']:.2f}x")
+    costs = result.get("probe_cost_pct")
+    if costs:
+        lines.append("")
+        lines.append("probe set   output tok/s   cost vs off")
+        for spec, r in result["probe_runs"].items():
+            cost = "-" if spec == "off" else f"{costs[spec]:+.2f}%"
+            lines.append(f"{spec:<10}  {r['output_tok_s']:>12,.1f}   {cost:>11}")
     steps = ours["details"]["engine_steps"]
     rates = result["device_rates"]
     lines += [
@@ -707,6 +757,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     b = parser.add_argument_group("bench")
     b.add_argument("--compare", choices=["hf"], help="also run HF transformers continuous batching on the same weights")
     b.add_argument("--json", metavar="PATH", help="write the result as JSON")
+    b.add_argument("--probes", default="off", metavar="SETS",
+                   help="probe sets to time one after another on one engine, e.g. off,default,all (default: off); "
+                        "the first set's run is the headline result")  # fmt: skip
     b.add_argument("--bandwidth", type=float, metavar="GB/S", help="copy bandwidth for the floor (default: measured)")
     b.add_argument("--matmul-tflops", type=float, help="matmul rate for the floor (default: measured)")
     add_engine_arguments(parser)
