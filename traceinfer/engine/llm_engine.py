@@ -49,7 +49,7 @@ class LLMEngine:
         self.hooks = hooks or Hooks()
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        backend = select_backend(config.attention_backend, self.device)
+        backend = select_backend(config.attention_backend, self.device, config.block_size)
         self.attention_backend = backend.name
 
         hf_config = load_hf_config(config.model)

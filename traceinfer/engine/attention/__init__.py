@@ -20,7 +20,8 @@ BackendName = Literal["auto", "torch", "triton", "flash_attn"]
 BACKENDS = ("auto", "torch", "triton", "flash_attn")
 
 
-def select_backend(name: str, device: torch.device):
+def select_backend(name: str, device: torch.device, block_size: int = 16):
+    """The backend for ``name`` on ``device``; 'auto' prefers flash-attn when it imports and supports block_size."""
     if name not in BACKENDS:
         raise BackendUnavailableError(f"attention_backend={name!r} is unknown; choose one of {', '.join(BACKENDS)}")
     if name == "auto":
@@ -29,7 +30,7 @@ def select_backend(name: str, device: torch.device):
         else:
             from traceinfer.engine.attention.flash_attn_backend import flash_attn_available
 
-            name = "flash_attn" if flash_attn_available() else "triton"
+            name = "flash_attn" if flash_attn_available(block_size) else "triton"
     if name == "torch":
         return TorchAttention()
     if device.type != "cuda":
@@ -43,7 +44,7 @@ def select_backend(name: str, device: torch.device):
         return TritonAttention()
     from traceinfer.engine.attention.flash_attn_backend import FlashAttention
 
-    return FlashAttention()
+    return FlashAttention(block_size)
 
 
 __all__ = ["AttentionMetadata", "TorchAttention", "select_backend", "BACKENDS"]

@@ -31,8 +31,12 @@ from traceinfer.engine.attention.metadata import AttentionMetadata
 from traceinfer.errors import BackendUnavailableError
 
 LOG2E = 1.4426950408889634
-MAX_SPLITS = 32  # decode splits per (sequence, KV head); a power of two
-DECODE_TARGET_PROGRAMS_PER_SM = 4  # split a decode batch until the grid has about this many programs per SM
+# Decode splitting, from CUDA-graph timings on an H100 (Qwen3-0.6B heads, context 1000): a split costs a
+# reduce launch and partials, so it pays only while (sequences x KV heads) leaves SMs idle; below that,
+# aim for about 4 programs per SM, at most 16 splits.
+MAX_SPLITS = 16  # a power of two
+SPLIT_BELOW_PROGRAMS_PER_SM = 1.5
+DECODE_TARGET_PROGRAMS_PER_SM = 4
 
 
 @dataclass(frozen=True)
@@ -45,15 +49,15 @@ class KernelConfig:
 
 def decode_config(head_dim: int, dtype: torch.dtype) -> KernelConfig:
     # one K and one V tile per pipeline stage: 2 * block_n * head_dim * elem bytes
-    row_bytes = head_dim * torch.tensor([], dtype=dtype).element_size()
+    row_bytes = head_dim * dtype.itemsize
     block_n = 64 if row_bytes <= 256 else 32
     return KernelConfig(block_m=16, block_n=block_n, num_warps=4, num_stages=3 if row_bytes <= 256 else 2)
 
 
 def prefill_config(head_dim: int, dtype: torch.dtype) -> KernelConfig:
-    row_bytes = head_dim * torch.tensor([], dtype=dtype).element_size()
-    if row_bytes <= 256:  # bf16/fp16 up to D=128, fp32 up to D=64
-        return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
+    row_bytes = head_dim * dtype.itemsize
+    if row_bytes <= 256:  # bf16/fp16 up to D=128, fp32 up to D=64; the fastest of a sweep on an H100
+        return KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
     return KernelConfig(block_m=64, block_n=32, num_warps=8, num_stages=1)
 
 
@@ -94,30 +98,40 @@ def _dot(a, b, IEEE: tl.constexpr):
 def _attend_tiles(
     acc, l_i, m_i, q, q_pos, k_cache_ptr, v_cache_ptr, bt_row, kv_head_off, lo, hi,
     stride_cb, stride_cs, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-    IEEE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASK_KEYS: tl.constexpr,
+    CAUSAL: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     """Online softmax of q [R, D] over keys lo..hi-1 of one sequence, BLOCK_N keys per step.
 
-    Keys past hi are masked; with CAUSAL, so are keys after each row's own position q_pos [R].
+    With MASK_KEYS, keys past hi are masked (without it, hi - lo must be a multiple of BLOCK_N); with
+    CAUSAL, so are keys after each row's own position q_pos [R].
     """
     d = tl.arange(0, HEAD_DIM)
     for n0 in range(lo, hi, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = n < hi
-        blk = tl.load(bt_row + n // BLOCK_SIZE, mask=n_ok, other=0).to(tl.int64)
+        if MASK_KEYS:
+            n_ok = n < hi
+            blk = tl.load(bt_row + n // BLOCK_SIZE, mask=n_ok, other=0).to(tl.int64)
+        else:
+            blk = tl.load(bt_row + n // BLOCK_SIZE).to(tl.int64)
         row = blk * stride_cb + (n % BLOCK_SIZE) * stride_cs + kv_head_off  # [BLOCK_N]
-        k = tl.load(k_cache_ptr + row[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
+        if MASK_KEYS:
+            k = tl.load(k_cache_ptr + row[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
+        else:
+            k = tl.load(k_cache_ptr + row[:, None] + d[None, :])
         s = _dot(q, tl.trans(k), IEEE) * qk_scale  # [R, BLOCK_N], log2 domain
         if CAUSAL:
             s = tl.where(n_ok[None, :] & (n[None, :] <= q_pos[:, None]), s, float("-inf"))
-        else:
+        elif MASK_KEYS:
             s = tl.where(n_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every row has seen key 0 by now
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + row[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
+        if MASK_KEYS:
+            v = tl.load(v_cache_ptr + row[:, None] + d[None, :], mask=n_ok[:, None], other=0.0)
+        else:
+            v = tl.load(v_cache_ptr + row[:, None] + d[None, :])
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
     return acc, l_i, m_i
@@ -153,7 +167,7 @@ def _decode_kernel(
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, g, k_cache_ptr, v_cache_ptr, block_tables_ptr + b * stride_bt, kvh * stride_ch,
         lo, hi, stride_cb, stride_cs, qk_scale,
-        HEAD_DIM=HEAD_DIM, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, CAUSAL=False, IEEE=IEEE,
+        HEAD_DIM=HEAD_DIM, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, MASK_KEYS=True, CAUSAL=False, IEEE=IEEE,
     )  # fmt: skip
     has_keys = l_i > 0.0
     o = acc / tl.where(has_keys, l_i, 1.0)[:, None]  # no keys: zeros, not 0/0
@@ -215,7 +229,9 @@ def _prefill_kernel(
     heads = kvh * GROUP + r % GROUP
     r_ok = (r < BLOCK_Q * GROUP) & (t < q_len)
     tok = (q_start + t).to(tl.int64)
-    q = tl.load(q_ptr + tok[:, None] * stride_qt + heads[:, None] * stride_qh + d[None, :], mask=r_ok[:, None], other=0.0)
+    q = tl.load(
+        q_ptr + tok[:, None] * stride_qt + heads[:, None] * stride_qh + d[None, :], mask=r_ok[:, None], other=0.0
+    )
     q_pos = context + t
 
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -228,12 +244,12 @@ def _prefill_kernel(
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, q_pos, k_cache_ptr, v_cache_ptr, bt_row, kvh * stride_ch, 0, unmasked_end,
         stride_cb, stride_cs, qk_scale,
-        HEAD_DIM=HEAD_DIM, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, CAUSAL=False, IEEE=IEEE,
+        HEAD_DIM=HEAD_DIM, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, MASK_KEYS=False, CAUSAL=False, IEEE=IEEE,
     )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, q_pos, k_cache_ptr, v_cache_ptr, bt_row, kvh * stride_ch, unmasked_end, hi,
         stride_cb, stride_cs, qk_scale,
-        HEAD_DIM=HEAD_DIM, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, CAUSAL=True, IEEE=IEEE,
+        HEAD_DIM=HEAD_DIM, BLOCK_SIZE=BLOCK_SIZE, BLOCK_N=BLOCK_N, MASK_KEYS=True, CAUSAL=True, IEEE=IEEE,
     )  # fmt: skip
     o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     out = out_ptr + tok[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :]
@@ -247,7 +263,8 @@ def _check_layout(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor)
     head_dim = q.shape[-1]
     if head_dim < 16 or head_dim & (head_dim - 1):
         raise BackendUnavailableError(
-            f"the triton attention backend needs a power-of-two head_dim >= 16, got {head_dim}; use attention_backend='torch'"
+            f"the triton attention backend needs a power-of-two head_dim >= 16, got {head_dim}; "
+            "use attention_backend='torch'"
         )
     block_size = k_cache.shape[1]
     if block_size & (block_size - 1):
@@ -255,14 +272,17 @@ def _check_layout(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor)
     if q.shape[1] % k_cache.shape[2]:
         raise ValueError(f"{q.shape[1]} query heads are not a multiple of {k_cache.shape[2]} KV heads")
     if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1:
-        raise ValueError(f"k_cache and v_cache need one layout with a contiguous last dim, got {k_cache.stride()} and {v_cache.stride()}")
+        raise ValueError(
+            "k_cache and v_cache need one layout with a contiguous last dim, "
+            f"got strides {k_cache.stride()} and {v_cache.stride()}"
+        )
 
 
 def _unit_last_stride(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":  # TRITON_INTERPRET=1 on CPU tensors: any plausible figure
         return 132
@@ -286,12 +306,17 @@ def store_kv(
     )  # fmt: skip
 
 
-def decode_num_splits(num_seqs: int, num_kv_heads: int, max_blocks: int, block_size: int, block_n: int, num_sms: int) -> int:
+def decode_num_splits(
+    num_seqs: int, num_kv_heads: int, max_blocks: int, block_size: int, block_n: int, num_sms: int
+) -> int:
     """Splits per (sequence, KV head): enough programs to fill the GPU, a power of two, from shapes only.
 
     max_blocks is the block-table width, which the runner keeps fixed under CUDA graphs.
     """
-    want = triton.cdiv(DECODE_TARGET_PROGRAMS_PER_SM * num_sms, max(1, num_seqs * num_kv_heads))
+    programs = max(1, num_seqs * num_kv_heads)
+    if programs >= SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:
+        return 1
+    want = triton.cdiv(DECODE_TARGET_PROGRAMS_PER_SM * num_sms, programs)
     most_useful = triton.cdiv(max_blocks * block_size, block_n)  # one tile per split at the widest table
     limit = max(1, min(want, most_useful, MAX_SPLITS))
     splits = 1
