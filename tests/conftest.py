@@ -61,7 +61,7 @@ def hf_checkpoint(tmp_path_factory):
     return get
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def prompts():
     """Mixed-length prompts of random token ids (vocab 512)."""
     g = torch.Generator().manual_seed(1234)
