@@ -237,8 +237,9 @@ def test_decode_every_split_count_into_poisoned_output(batch, num_splits):
 
 def test_decode_split_count_depends_on_shapes_only():
     assert decode_num_splits(256, 8, 128, 16, 64, 132) == 1  # Qwen3-0.6B at batch 256: the grid is full
-    assert decode_num_splits(32, 8, 256, 16, 64, 132) == 1
-    assert decode_num_splits(16, 8, 256, 16, 64, 132) == 4
+    assert decode_num_splits(96, 8, 256, 16, 64, 132) == 2
+    assert decode_num_splits(32, 8, 256, 16, 64, 132) == 8  # 256 programs: split to reach ~8 per SM
+    assert decode_num_splits(16, 8, 256, 16, 64, 132) == 16
     assert decode_num_splits(1, 8, 256, 16, 64, 132) == 16
     assert decode_num_splits(1, 8, 1, 16, 64, 132) == 1  # one block: one tile, nothing to split
 

@@ -12,6 +12,7 @@ events (BlockStored, BlockRemoved, AllBlocksCleared).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class BlockManager:
         # ref_count == 0 blocks, least recently used first; cached ones among them are evictable
         self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.cached: dict[int, int] = {}  # block hash -> block id
+        self._table_versions = itertools.count(1)
 
     # -- counts ----------------------------------------------------------------------------
     @property
@@ -139,6 +141,8 @@ class BlockManager:
     def allocate(self, seq: Sequence, num_new_tokens: int, cached_prefix: list[int] = ()) -> bool:
         """Give ``seq`` the blocks for its next ``num_new_tokens`` tokens, taking ``cached_prefix``
         (from find_cached_prefix, only for a sequence with no blocks) first. False if they don't fit."""
+        if not cached_prefix and seq.num_computed_tokens + num_new_tokens <= len(seq.block_table) * self.block_size:
+            return True  # the common decode step: the last block still has room
         if not self.can_allocate(seq, num_new_tokens, cached_prefix):
             return False
         first_allocation = not seq.block_table
@@ -157,6 +161,7 @@ class BlockManager:
         for block_id in fresh:
             self.blocks[block_id].ref_count = 1
         seq.block_table.extend(fresh)
+        seq.block_table_version = next(self._table_versions)
         if fresh and self.hooks.block:
             self._emit("allocate" if first_allocation and not cached_prefix else "append", seq.request_id, fresh)
         return True
@@ -187,6 +192,7 @@ class BlockManager:
                 if block.hash is None:
                     self.free_queue.move_to_end(block_id, last=False)
         seq.block_table = []
+        seq.block_table_version = next(self._table_versions)
         seq.num_stored_blocks = 0
         if freed and self.hooks.block:
             self._emit(op, seq.request_id, freed)

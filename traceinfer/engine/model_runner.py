@@ -220,6 +220,12 @@ class ModelRunner:
         self.g_tables = torch.zeros(max_bs, width, dtype=torch.int32, device=dev)
         self.g_qsl = torch.arange(max_bs + 1, dtype=torch.int32, device=dev)
         self.g_hidden = torch.zeros(max_bs, hidden_size, dtype=self.dtype, device=dev)
+        # pinned host mirrors of the inputs, filled in place each step: [ids, positions, slots, seq_lens]
+        self.h_inputs = torch.zeros(4, max_bs, dtype=torch.int64).pin_memory()
+        self.h_tables = torch.zeros(max_bs, width, dtype=torch.int32).pin_memory()
+        self._h_inputs_np = self.h_inputs.numpy()
+        self._h_tables_np = self.h_tables.numpy()
+        self._h_rows: list[int] = []  # block_table_version of the table each staging row holds
         pool = None
         for b in reversed(graph_batch_sizes(self.max_num_seqs)):
             meta = self._graph_meta(b)
@@ -251,29 +257,47 @@ class ModelRunner:
             return None
         return next((b for b in self.graphs if b >= len(out.scheduled)), None)
 
-    def _fill_graph_inputs(self, out: SchedulerOutput, b: int) -> list[int]:
-        """Copy a decode-only batch into the static buffers of the graph of size b; -> rows to sample."""
+    def _fill_graph_inputs(self, out: SchedulerOutput, b: int) -> list[int] | None:
+        """Copy a decode-only batch into the static buffers of the graph of size b.
+
+        -> rows to sample, or None when every row samples. Block-table rows are rewritten only where
+        the table in that row changed since the last step (block_table_version is unique per change).
+        """
         bs = self.block_size
         n = len(out.scheduled)
-        ids, pos, slots, lens, rows = [], [], [], [], []
+        inputs, tables, held = self._h_inputs_np, self._h_tables_np, self._h_rows
+        ids, pos, slots, lens = [], [], [], []
+        rows: list[int] | None = None
         width = 0
         for i, s in enumerate(out.scheduled):
             seq = s.seq
             p = seq.num_computed_tokens
+            table = seq.block_table
             ids.append(seq.token_ids[p])
             pos.append(p)
-            slots.append(seq.block_table[p // bs] * bs + p % bs)
+            slots.append(table[p // bs] * bs + p % bs)
             lens.append(p + 1)
-            width = max(width, len(seq.block_table))
-            if s.samples:
+            key = seq.block_table_version
+            if i >= len(held):
+                held.append(key)
+                tables[i, : len(table)] = table
+            elif held[i] != key:
+                held[i] = key
+                tables[i, : len(table)] = table
+            width = max(width, len(table))
+            if not s.samples:
+                rows = rows if rows is not None else list(range(i))
+            elif rows is not None:
                 rows.append(i)
-        pad = b - n
-        self.g_input_ids[:b].copy_(self._pinned(ids + [0] * pad, torch.int64), non_blocking=True)
-        self.g_positions[:b].copy_(self._pinned(pos + [0] * pad, torch.int64), non_blocking=True)
-        self.g_slots[:b].copy_(self._pinned(slots + [-1] * pad, torch.int64), non_blocking=True)
-        self.g_seq_lens[:b].copy_(self._pinned(lens + [0] * pad, torch.int32), non_blocking=True)
-        tables = torch.from_numpy(block_table_array([s.seq.block_table for s in out.scheduled], width))
-        self.g_tables[:n, :width].copy_(tables.pin_memory(), non_blocking=True)
+        inputs[0, :n], inputs[1, :n], inputs[2, :n], inputs[3, :n] = ids, pos, slots, lens
+        inputs[:, n:b] = 0
+        inputs[2, n:b] = -1  # padding rows store nothing and read nothing (seq_len 0)
+        staged = self.h_inputs.to(self.device, non_blocking=True)  # 8 KB: the whole buffer, one copy
+        self.g_input_ids[:b].copy_(staged[0])
+        self.g_positions[:b].copy_(staged[1])
+        self.g_slots[:b].copy_(staged[2])
+        self.g_seq_lens[:b].copy_(staged[3])
+        self.g_tables[:n, :width].copy_(self.h_tables[:n, :width], non_blocking=True)
         return rows
 
     @staticmethod
@@ -293,7 +317,10 @@ class ModelRunner:
                 rows = self._fill_graph_inputs(out, graph_size)
             with hooks.forward.span(num_tokens=len(out.scheduled), num_decode_seqs=out.num_decode_seqs, cuda_graph=True):
                 self.graphs[graph_size].replay()
-                return self.model.compute_logits(self.g_hidden[rows]).float()
+                hidden = self.g_hidden[: len(out.scheduled)]
+                if rows is not None:  # a one-token prefill chunk that does not sample sits in the batch
+                    hidden = hidden[torch.tensor(rows, device=self.device)]
+                return self.model.compute_logits(hidden).float()
         if decode_only:
             self.stats.eager_decode_steps += 1
         else:

@@ -15,12 +15,15 @@ from traceinfer.engine.sampling_params import SamplingParams
 def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list) -> torch.Tensor:
     """logits: [B, V] -> token ids [B] (int64, on the logits' device)."""
     logits = logits.float()
-    greedy_tokens = logits.argmax(dim=-1)
-    if all(p.greedy for p in params):
-        return greedy_tokens
+    greedy = [p.greedy for p in params]
+    if all(greedy):
+        return logits.argmax(dim=-1)
     device = logits.device
-    temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device)
-    logits = logits / temps[:, None]
+    temps = {p.temperature for p in params if not p.greedy}
+    if len(temps) == 1 and not any(greedy):  # the common batch: one temperature, no host-to-device copy
+        logits = logits / temps.pop()
+    else:
+        logits = logits / torch.tensor([1.0 if g else p.temperature for g, p in zip(greedy, params)], device=device)[:, None]
     if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
         logits = _apply_top_k_top_p(logits, params)
     probs = logits.softmax(dim=-1)
@@ -29,8 +32,10 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], generators: list)
         if gen is not None:
             noise[i].exponential_(generator=gen)
     sampled = (probs / noise).argmax(dim=-1)
-    is_greedy = torch.tensor([p.greedy for p in params], device=device)
-    return torch.where(is_greedy, greedy_tokens, sampled)
+    if not any(greedy):
+        return sampled
+    # greedy rows: argmax of the unscaled logits equals argmax of the scaled ones (their temperature was 1)
+    return torch.where(torch.tensor(greedy, device=device), logits.argmax(dim=-1), sampled)
 
 
 def _apply_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

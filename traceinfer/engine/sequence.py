@@ -59,6 +59,7 @@ class Sequence:
         self.num_computed_tokens = 0  # tokens whose K/V are in the cache
         self.num_cached_tokens = 0  # of those, how many came from a prefix-cache hit (last schedule)
         self.block_table: list[int] = []  # physical block ids, in token order
+        self.block_table_version = 0  # set by the block manager on every change, unique across sequences
         self.block_hashes: list[int] = []  # chained hashes of the full blocks of token_ids (grown lazily)
         self.num_stored_blocks = 0  # leading blocks already published to the prefix cache
         self.finish_reason: FinishReason | None = None

@@ -31,12 +31,12 @@ from traceinfer.engine.attention.metadata import AttentionMetadata
 from traceinfer.errors import BackendUnavailableError
 
 LOG2E = 1.4426950408889634
-# Decode splitting, from CUDA-graph timings on an H100 (Qwen3-0.6B heads, context 1000): a split costs a
-# reduce launch and partials, so it pays only while (sequences x KV heads) leaves SMs idle; below that,
-# aim for about 4 programs per SM, at most 16 splits.
+# Decode splitting. A (sequence, KV head) program streams its context alone, so the GPU needs about 8 of
+# them per SM to keep enough loads in flight: at batch 256 (2,048 programs on 132 SMs) one split reads at
+# the copy rate (349 us for 256 x 1,000 tokens, 100% of 3.0 TB/s), but under graphs at batch 48 one split
+# left the forward at ~37% of the bandwidth (bench step trace, 2026-11-22). Split until the target is met.
 MAX_SPLITS = 16  # a power of two
-SPLIT_BELOW_PROGRAMS_PER_SM = 1.5
-DECODE_TARGET_PROGRAMS_PER_SM = 4
+DECODE_TARGET_PROGRAMS_PER_SM = 8
 
 
 @dataclass(frozen=True)
@@ -314,13 +314,11 @@ def decode_num_splits(
     max_blocks is the block-table width, which the runner keeps fixed under CUDA graphs.
     """
     programs = max(1, num_seqs * num_kv_heads)
-    if programs >= SPLIT_BELOW_PROGRAMS_PER_SM * num_sms:
-        return 1
     want = triton.cdiv(DECODE_TARGET_PROGRAMS_PER_SM * num_sms, programs)
     most_useful = triton.cdiv(max_blocks * block_size, block_n)  # one tile per split at the widest table
-    limit = max(1, min(want, most_useful, MAX_SPLITS))
+    limit = max(1, min(most_useful, MAX_SPLITS))
     splits = 1
-    while splits * 2 <= limit:
+    while splits < want and splits * 2 <= limit:
         splits *= 2
     return splits
 
