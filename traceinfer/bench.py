@@ -314,6 +314,7 @@ class StepCounter:
     def __init__(self) -> None:
         self.model_steps = 0
         self.decode_steps = 0
+        self.decode_only_steps = 0
         self.prefill_steps = 0
         self.prefill_tokens = 0
         self.preemptions = 0
@@ -323,6 +324,7 @@ class StepCounter:
             return
         self.model_steps += 1
         self.decode_steps += fields["num_decode_seqs"] > 0
+        self.decode_only_steps += fields["num_prefill_tokens"] == 0
         self.prefill_steps += fields["num_prefill_tokens"] > 0
         self.prefill_tokens += fields["num_prefill_tokens"]
         self.preemptions += fields["num_preempted"]
@@ -369,6 +371,7 @@ def run_traceinfer(
         engine.block_manager.reset_prefix_cache()  # each run starts cold, or later runs would hit earlier prompts
         counter = StepCounter()
         unsubscribe = engine.hooks.subscribe(counter, ("schedule",))
+        graph_steps_before = engine.runner.stats.graph_steps
         session = attach(engine, spec, None)  # a temporary run directory: writing is part of the cost
         try:
             synchronize(engine.device)
@@ -386,7 +389,7 @@ def run_traceinfer(
             "engine_steps": counter.as_dict(),
             "attention_backend": engine.attention_backend,
             "num_kv_blocks": engine.block_manager.num_blocks,
-            "cuda_graph_steps": engine.runner.stats.graph_steps,
+            "cuda_graph_steps": engine.runner.stats.graph_steps - graph_steps_before,
             "finish_reasons": sorted({o.finish_reason for o in outputs}),
         }
         runs[spec] = _run_result(
@@ -730,7 +733,8 @@ def format_report(result: dict) -> str:
     lines += [
         "",
         f"engine steps: {steps['model_steps']:,} ({steps['decode_steps']:,} with decodes, {steps['prefill_steps']:,} "
-        f"with prefill), preemptions {steps['preemptions']:,}",
+        f"with prefill), preemptions {steps['preemptions']:,}; CUDA graph replays: {ours['details']['cuda_graph_steps']:,} "
+        f"of {steps['decode_only_steps']:,} decode-only steps",
         f"device rates ({'measured' if rates['bandwidth_measured'] else 'given'} copy, "
         f"{'measured' if rates['matmul_measured'] else 'given'} {rates['matmul_dtype']} GEMM): "
         f"{_si(rates['bandwidth_bytes_per_s'], 'B/s')}, {_si(rates['matmul_flops_per_s'], 'FLOP/s')}",
