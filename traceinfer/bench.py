@@ -789,9 +789,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="traceinfer bench", description=__doc__.splitlines()[0])
-    add_bench_arguments(parser)
-    return run_bench(parser.parse_args(argv))
+    """``python -m traceinfer.bench``: the same as ``traceinfer bench``."""
+    from traceinfer.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -195,17 +195,10 @@ def _print_files(out: Path, manifest: dict, trace: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="traceinfer profile", description=__doc__.splitlines()[0])
-    add_profile_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_profile(args)
-    except TraceinferError as exc:
-        print(f"traceinfer profile: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("traceinfer profile: interrupted", file=sys.stderr)
-        return 130
+    """``python -m traceinfer.profile``: the same as ``traceinfer profile``."""
+    from traceinfer.cli import main as cli_main
+
+    return cli_main(["profile", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
