@@ -73,7 +73,7 @@ def test_profile_writes_a_complete_run_directory(tmp_path, capsys):
                  "--num-kv-blocks", "64", "--sample-hz", "50"])  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert f"run directory: {out}" in printed and "ui.perfetto.dev" in printed and "probe overhead" in printed
+    assert f"run directory: {out}" in printed and "ui.perfetto.dev" in printed and "probes cost" in printed
 
     m = read_manifest(out)
     assert m["status"] == "completed" and m["workload"]["name"] == "chatbot" and m["workload"]["num_requests"] == 3
