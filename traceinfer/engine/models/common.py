@@ -15,17 +15,50 @@ from traceinfer.engine.attention.metadata import AttentionMetadata
 from traceinfer.errors import ModelLoadError
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's RMSNorm over the last dim, rounding for rounding: normalise in float32, cast back, then scale."""
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, H, D] rotated neox-style (rotate_half); cos, sin [T, 1, D] in x's dtype."""
+    return x * cos + _rotate_half(x) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2I] -> F.silu(gate) * up [T, I]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+# On CUDA the modules below call the Triton kernels of fused_ops, which give the same roundings as the
+# torch functions above in a fraction of the kernels; elsewhere (CPU, the HF equivalence tests) they call
+# the torch functions. fused_ops imports triton, so it is imported on first use on a CUDA tensor.
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, residual [T, H] -> (rms_norm(x + residual), x + residual); with no residual the sum is x."""
+        if x.is_cuda:
+            from traceinfer.engine import fused_ops
+
+            return fused_ops.add_rms_norm(x, residual, self.weight, self.eps)
+        if residual is not None:
+            x = x + residual
+        return rms_norm(x, self.weight, self.eps), x
 
 
 def rope_inv_freq(config, head_dim: int) -> tuple[torch.Tensor, float]:
@@ -56,16 +89,26 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)  # [P, D]
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # q: [T, Hq, D], k: [T, Hkv, D]
+    def forward(
+        self,
+        positions: torch.Tensor,  # [T]
+        q: torch.Tensor,  # [T, Hq, D]
+        k: torch.Tensor,  # [T, Hkv, D]
+        q_norm: RMSNorm | None = None,
+        k_norm: RMSNorm | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RMSNorm each head of q and k when norms are given (Qwen3), then rotate them to their positions."""
+        if q.is_cuda:
+            from traceinfer.engine import fused_ops
+
+            q_w, k_w = (q_norm.weight, k_norm.weight) if q_norm is not None else (None, None)
+            eps = q_norm.eps if q_norm is not None else 0.0  # q_norm and k_norm share the config's eps
+            return fused_ops.qk_norm_rope(q, k, q_w, k_w, eps, self.cos, self.sin, positions)
+        if q_norm is not None:
+            q, k = rms_norm(q, q_norm.weight, q_norm.eps), rms_norm(k, k_norm.weight, k_norm.eps)
         cos = self.cos[positions].unsqueeze(1).to(q.dtype)
         sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
 
 class Attention(nn.Module):
@@ -95,9 +138,8 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary(positions, q, k)
+        norms = (self.q_norm, self.k_norm) if self.qk_norm else (None, None)
+        q, k = rotary(positions, q, k, *norms)
         o = self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
         return self.o_proj(o.flatten(1))
 
@@ -113,8 +155,12 @@ class MLP(nn.Module):
             raise ModelLoadError(f"hidden_act {config.hidden_act!r} is not supported; only 'silu' is")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        gate_up = self.gate_up_proj(x)  # [T, 2I]
+        if gate_up.is_cuda:
+            from traceinfer.engine import fused_ops
+
+            return self.down_proj(fused_ops.silu_and_mul(gate_up))
+        return self.down_proj(silu_and_mul(gate_up))
 
 
 class DecoderLayer(nn.Module):
@@ -125,9 +171,17 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, positions, x, rotary, meta) -> torch.Tensor:
-        x = x + self.self_attn(positions, self.input_layernorm(x), rotary, meta)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, positions, x, residual, rotary, meta) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: the previous layer's MLP output (the embeddings before layer 0, with residual None);
+        residual: the stream before it. -> (this layer's MLP output, the stream before it).
+
+        The stream is summed lazily, inside the next norm, so that the add fuses into it on CUDA; the
+        sums are the same as ``x = x + attn(norm(x)); x = x + mlp(norm(x))``, addition being commutative.
+        """
+        x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(positions, x, rotary, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class DecoderModel(nn.Module):
@@ -142,10 +196,10 @@ class DecoderModel(nn.Module):
         self.rotary = RotaryEmbedding(config, head_dim, max_positions)
 
     def forward(self, input_ids, positions, meta) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            x = layer(positions, x, self.rotary, meta)
-        return self.norm(x)
+            x, residual = layer(positions, x, residual, self.rotary, meta)
+        return self.norm(x, residual)[0]
 
 
 # checkpoint projection name -> (fused module, shard index)
