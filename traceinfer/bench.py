@@ -353,9 +353,11 @@ def run_traceinfer(
     config_file=None,
     keep_weights=False,
     probe_sets: Sequence[str] = ("off",),
+    repeat: int = 1,
 ) -> EngineRun:
     """Build the engine, warm up, then time one generate over the whole batch under each probe set
-    (same engine, prefix cache emptied before each); the first set's run is the result."""
+    (same engine, prefix cache emptied before each). With repeat > 1 the sets run in rotated order each
+    round and each set's result is its median run; the first set's result is the headline."""
     from traceinfer.engine.llm_engine import LLM
     from traceinfer.probes import attach
 
@@ -365,9 +367,10 @@ def run_traceinfer(
     # timed run meets gets its Triton compile here (a cold cache costs ~4 s of compiles otherwise), and the
     # allocator grows to its working size; the prefix cache is emptied before each timed run
     llm.generate(prompts, [dataclasses.replace(p, max_tokens=min(p.max_tokens, 4)) for p in params])
-    runs: dict[str, RunResult] = {}
+    all_runs: dict[str, list[RunResult]] = {spec: [] for spec in probe_sets}
     steps = StepCounter()
-    for spec in probe_sets:
+    order = [probe_sets[(i + r) % len(probe_sets)] for r in range(repeat) for i in range(len(probe_sets))]
+    for spec in order:
         engine.block_manager.reset_prefix_cache()  # each run starts cold, or later runs would hit earlier prompts
         counter = StepCounter()
         unsubscribe = engine.hooks.subscribe(counter, ("schedule",))
@@ -382,7 +385,7 @@ def run_traceinfer(
         finally:
             session.close()
             unsubscribe()
-        if not runs:
+        if spec == probe_sets[0]:
             steps = counter
         details = {
             "probes": spec,
@@ -392,10 +395,16 @@ def run_traceinfer(
             "cuda_graph_steps": engine.runner.stats.graph_steps - graph_steps_before,
             "finish_reasons": sorted({o.finish_reason for o in outputs}),
         }
-        runs[spec] = _run_result(
+        all_runs[spec].append(_run_result(
             "traceinfer", prompts, [len(o.token_ids) for o in outputs], seconds,
             [(o.arrival_ns, o.token_times_ns) for o in outputs], details,
-        )  # fmt: skip
+        ))  # fmt: skip
+    runs = {}
+    for spec, results in all_runs.items():
+        ranked = sorted(results, key=lambda r: r.output_tok_s)
+        median = ranked[len(ranked) // 2]
+        median.details["output_tok_s_runs"] = [r.output_tok_s for r in results]
+        runs[spec] = median
     config = dataclasses.asdict(engine.config)
     config.update(resolved_device=str(engine.device), resolved_dtype=str(engine.dtype).removeprefix("torch."))
     run = EngineRun(
@@ -572,6 +581,7 @@ class BenchOptions:
     config_file: str | None = None
     compare: str | None = None  # "hf"
     probe_sets: tuple[str, ...] = ("off",)  # timed one after another on one engine
+    repeat: int = 1  # rounds over the probe sets; each set reports its median run
     bandwidth_bytes_per_s: float | None = None  # given: skip measuring
     matmul_flops_per_s: float | None = None
 
@@ -592,6 +602,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     """Resolve device-dependent defaults: nano-vLLM's workload on qwen3-0.6b on CUDA, a small one on tiny on CPU."""
     from traceinfer.engine.llm_engine import resolve_device
 
+    if args.repeat < 1:
+        raise ConfigError(f"--repeat must be >= 1, got {args.repeat}")
     config_file = getattr(args, "config", None)
     engine_options = {k: getattr(args, k) for k in ENGINE_KEYS if getattr(args, k, None) is not None}
     without_model = {k: v for k, v in engine_options.items() if k != "model"}
@@ -611,6 +623,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         config_file=config_file,
         compare=args.compare,
         probe_sets=parse_probe_sets(args.probes),
+        repeat=args.repeat,
         bandwidth_bytes_per_s=args.bandwidth * 1e9 if args.bandwidth else None,
         matmul_flops_per_s=args.matmul_tflops * 1e12 if args.matmul_tflops else None,
     )
@@ -632,7 +645,7 @@ def run_benchmark(opts: BenchOptions) -> dict:
     release_device_memory(device)
 
     keep_weights = opts.compare == "hf" and is_synthetic(config.model)  # a directory: HF loads it itself
-    run = run_traceinfer(opts.engine_options, prompts, params, opts.config_file, keep_weights, opts.probe_sets)
+    run = run_traceinfer(opts.engine_options, prompts, params, opts.config_file, keep_weights, opts.probe_sets, opts.repeat)
     release_device_memory(device)
     floor = physical_floor(run.cost, list(map(len, prompts)), output_lens, run.steps.model_steps, bandwidth, flops)
 
@@ -724,10 +737,11 @@ def format_report(result: dict) -> str:
     costs = result.get("probe_cost_pct")
     if costs:
         lines.append("")
-        lines.append("probe set   output tok/s   cost vs off")
+        lines.append("probe set   output tok/s   cost vs off   runs (tok/s)")
         for spec, r in result["probe_runs"].items():
             cost = "-" if spec == "off" else f"{costs[spec]:+.2f}%"
-            lines.append(f"{spec:<10}  {r['output_tok_s']:>12,.1f}   {cost:>11}")
+            each = ", ".join(f"{x:,.0f}" for x in r["details"].get("output_tok_s_runs", []))
+            lines.append(f"{spec:<10}  {r['output_tok_s']:>12,.1f}   {cost:>11}   {each}")
     steps = ours["details"]["engine_steps"]
     rates = result["device_rates"]
     lines += [
@@ -767,6 +781,8 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--probes", default="off", metavar="SETS",
                    help="probe sets to time one after another on one engine, e.g. off,default,all (default: off); "
                         "the first set's run is the headline result")  # fmt: skip
+    b.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="rounds over the probe sets, in rotated order; each set reports its median (default 1)")  # fmt: skip
     b.add_argument("--bandwidth", type=float, metavar="GB/S", help="copy bandwidth for the floor (default: measured)")
     b.add_argument("--matmul-tflops", type=float, help="matmul rate for the floor (default: measured)")
     add_engine_arguments(parser)

@@ -6,6 +6,7 @@ Offline use: ``LLM(model).generate(prompts, params)``. Online use: the step API 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import time
 from typing import Sequence as Seq
@@ -99,6 +100,10 @@ class LLMEngine:
         self.requests: dict[str, Sequence] = {}
         self._ids = itertools.count()
         self.step_index = 0
+        # the model, torch and transformers leave ~10^5 long-lived objects; freezing them keeps full
+        # collections in the serving loop from scanning them again and again (vLLM does the same)
+        gc.collect()
+        gc.freeze()
 
     # -- requests --------------------------------------------------------------------------
     def _tokens(self, prompt: Prompt) -> list[int]:
