@@ -300,10 +300,6 @@ class ModelRunner:
         self.g_tables[:n, :width].copy_(self.h_tables[:n, :width], non_blocking=True)
         return rows
 
-    @staticmethod
-    def _pinned(values, dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype).pin_memory()
-
     # -- one step --------------------------------------------------------------------------
     @torch.inference_mode()
     def forward_logits(self, out: SchedulerOutput, all_rows: bool = False) -> torch.Tensor:
