@@ -415,3 +415,15 @@ def test_perfetto_trace_validates_and_merges_every_stream(make_llm, tmp_path):
     threads = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == 3}
     assert "MainThread" in threads and "traceinfer-flusher" in threads
     assert min(e["ts"] for e in events if e["ph"] != "M") >= 0
+
+
+def test_packed_token_rows_expand_per_token_and_count_as_events(tmp_path):
+    writer = RunWriter(tmp_path / "run", {"note": "test"})
+    tokens = writer.stream("tokens")
+    tokens.rows.append((10, 3, ["a", "b", "c"], [0, 5, 1], [7, 8, 9]))
+    tokens.rows.append((11, 4, "a", 1, 6))
+    manifest = writer.close("completed")
+    assert manifest["streams"]["tokens"]["rows"] == 4
+    assert [tuple(r.values()) for r in read_stream(tmp_path / "run", "tokens")] == [
+        (10, 3, "a", 0, 7), (10, 3, "b", 5, 8), (10, 3, "c", 1, 9), (11, 4, "a", 1, 6),
+    ]  # fmt: skip

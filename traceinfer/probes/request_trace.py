@@ -25,7 +25,7 @@ class RequestTraceProbe(Probe):
     def __init__(self, ctx: ProbeContext) -> None:
         super().__init__(ctx)
         self._req = ctx.writer.stream("requests").rows.append
-        self._tok = ctx.writer.stream("tokens").rows.extend
+        self._tok = ctx.writer.stream("tokens").rows.append
         self._steps = ctx.steps
         self._block_size = ctx.engine.block_manager.block_size
         self._known: set[str] = set()  # requests that arrived while attached
@@ -59,8 +59,8 @@ class RequestTraceProbe(Probe):
         self._event(t, f["request_id"], "preempted", num_computed_tokens=f.get("num_computed_tokens"))
 
     def _on_tokens(self, point: str, phase: str, t: int, f: dict) -> None:  # the hot one: one call per step
-        step = self._steps.step
-        self._tok((t, step, rid, index, token) for rid, index, token in zip(f["request_ids"], f["indices"], f["token_ids"]))
+        # one packed row per step (the engine builds fresh lists each step); readers expand it per token
+        self._tok((t, self._steps.step, f["request_ids"], f["indices"], f["token_ids"]))
 
     def _on_finish(self, point: str, phase: str, t: int, f: dict) -> None:
         rid = f["request_id"]

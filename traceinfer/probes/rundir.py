@@ -13,8 +13,8 @@ Layout::
 A stream file is JSON Lines: the first line is a header object, every later line a JSON array of rows
 (one flush writes one or more lines), each row an array in the header's column order::
 
-    {"stream": "tokens", "format_version": 1, "columns": ["t_ns", "step", "request_id", "index", "token_id"]}
-    [[81723640311,0,"0",0,5121],[81723640319,0,"1",0,913]]
+    {"stream": "tokens", "format_version": 1, "columns": ["t_ns", "step", "request_id", "index", "token_id"], "packed": ["request_id", "index", "token_id"]}
+    [[81723640311,0,["0","1"],[0,0],[5121,913]]]          a packed row: one token per list element
     [[81724101233,1,"0",1,77]]
 
 Rows in batches keep the writer cheap (one ``json.dumps`` per flush instead of one per event) and keep
@@ -52,6 +52,9 @@ class StreamSchema:
     name: str
     doc: str
     columns: dict[str, str]
+    # columns that may hold a list: such a packed row is one event per element (the other columns shared),
+    # so a probe writes one row per step instead of one per token; readers expand it (iter_stream)
+    packed: tuple[str, ...] = ()
 
     @property
     def file(self) -> str:
@@ -132,6 +135,7 @@ STREAMS: dict[str, StreamSchema] = {
                 "index": "output position, from 0",
                 "token_id": "token id",
             },
+            packed=("request_id", "index", "token_id"),
         ),
         StreamSchema(
             "kv_events",
@@ -245,6 +249,8 @@ class StreamWriter:
         self.count = 0
         self._fh = open(path, "w", encoding="utf-8")
         header = {"stream": schema.name, "format_version": FORMAT_VERSION, "columns": list(schema.names)}
+        if schema.packed:
+            header["packed"] = list(schema.packed)
         self._fh.write(json.dumps(header) + "\n")
         self._fh.flush()
 
@@ -258,6 +264,9 @@ class StreamWriter:
         for i in range(0, n, ROWS_PER_LINE):  # short GIL holds: the engine thread runs between lines
             self._fh.write(json.dumps(chunk[i : i + ROWS_PER_LINE], separators=(",", ":"), default=_jsonable) + "\n")
         self._fh.flush()
+        if self.schema.packed:  # count events, not rows
+            first = self.schema.names.index(self.schema.packed[0])
+            n = sum(len(r[first]) if isinstance(r[first], list) else 1 for r in chunk)
         self.count += n
         return n
 
@@ -374,6 +383,7 @@ def iter_stream(run_dir: str | Path, name: str) -> Iterator[tuple]:
             return
         index = [columns.index(c) if c in columns else None for c in schema.names]
         identity = index == list(range(len(schema.names))) and len(columns) == len(index)
+        packed = [schema.names.index(c) for c in schema.packed]
         for line in fh:
             try:
                 batch = json.loads(line)
@@ -381,12 +391,22 @@ def iter_stream(run_dir: str | Path, name: str) -> Iterator[tuple]:
                 bad += 1
                 continue
             for row in batch:
-                if identity:
-                    yield tuple(row)
+                row = tuple(row) if identity else tuple(None if i is None else row[i] for i in index)
+                if packed and isinstance(row[packed[0]], list):
+                    yield from _unpack(row, packed)
                 else:
-                    yield tuple(None if i is None else row[i] for i in index)
+                    yield row
     if bad:
         warnings.warn(f"{path}: ignored {bad} unreadable line(s) (a run that was cut off mid-write)")
+
+
+def _unpack(row: tuple, packed: list[int]) -> Iterator[tuple]:
+    """One packed row -> one row per element of its packed columns."""
+    out = list(row)
+    for values in zip(*(row[i] for i in packed)):
+        for i, v in zip(packed, values):
+            out[i] = v
+        yield tuple(out)
 
 
 def read_stream(run_dir: str | Path, name: str) -> list[dict]:
