@@ -17,7 +17,9 @@ from traceinfer.engine.attention import AttentionMetadata
 from traceinfer.engine.hooks import Hooks
 from traceinfer.engine.models import CausalLM
 from traceinfer.engine.sampler import sample
-from traceinfer.engine.scheduler import SchedulerOutput
+from traceinfer.engine.sampling_params import SamplingParams
+from traceinfer.engine.scheduler import ScheduledSeq, SchedulerOutput
+from traceinfer.engine.sequence import Sequence
 from traceinfer.errors import ConfigError
 
 
@@ -137,32 +139,17 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _warmup_forward(self, lengths: list[int]) -> None:
-        bs = self.block_size
-        slots, tables, offset = [], [], 0
-        for n in lengths:
-            blocks = list(range(offset, offset + -(-n // bs)))
-            offset += len(blocks)
-            tables.append(blocks)
-            slots.extend(blocks[p // bs] * bs + p % bs for p in range(n))
-        width = max(map(len, tables))
-        qsl = [0]
-        for n in lengths:
-            qsl.append(qsl[-1] + n)
-        meta = AttentionMetadata(
-            slot_mapping=self._to_device(slots, torch.int64),
-            query_start_loc=self._to_device(qsl, torch.int32),
-            seq_lens=self._to_device(lengths, torch.int32),
-            block_tables=self._to_device(block_table_array(tables, width), torch.int32),
-            num_decode_seqs=sum(1 for n in lengths if n == 1),
-            max_query_len=max(lengths),
-            max_seq_len=max(lengths),
-            query_start_loc_cpu=qsl,
-            seq_lens_cpu=lengths,
-        )
-        ids = torch.zeros(sum(lengths), dtype=torch.int64, device=self.device)
-        positions = torch.cat([torch.arange(n, device=self.device) for n in lengths])
-        hidden = self.model(ids, positions, meta)
-        self.model.compute_logits(hidden[torch.tensor(qsl[1:], device=self.device) - 1]).float()
+        """One forward of dummy sequences (token 0) on consecutive blocks, through the normal input path."""
+        seqs, offset = [], 0
+        for i, n in enumerate(sorted(lengths)):  # ascending: any one-token sequences (decodes) come first
+            seq = Sequence(f"warmup-{i}", [0] * n, SamplingParams(max_tokens=1))
+            seq.block_table = list(range(offset, offset + -(-n // self.block_size)))
+            offset += len(seq.block_table)
+            seqs.append(ScheduledSeq(seq, n))
+        out = SchedulerOutput(seqs, sum(1 for n in lengths if n == 1), sum(lengths))
+        input_ids, positions, meta, rows = self.prepare_inputs(out)
+        hidden = self.model(input_ids, positions, meta)
+        self.model.compute_logits(hidden[rows]).float()
 
     # -- inputs ----------------------------------------------------------------------------
     def prepare_inputs(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
