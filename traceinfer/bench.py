@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import torch
 
-from traceinfer.config import EngineConfig, load_section
+from traceinfer.config import load_section
 from traceinfer.engine.sampling_params import SamplingParams
 from traceinfer.engine.synthetic import is_synthetic
 from traceinfer.errors import ConfigError, TraceinferError
@@ -44,7 +44,6 @@ CUDA_MODEL = "synthetic:qwen3-0.6b"
 CPU_MODEL = "synthetic:tiny"
 MAX_TOKEN_ID = 10000  # nano-vLLM draws prompt ids from randint(0, 10000)
 PERCENTILES = (50, 90, 99)
-ENGINE_KEYS = tuple(f.name for f in dataclasses.fields(EngineConfig))
 
 
 # -- workload (pure) -----------------------------------------------------------------------
@@ -605,7 +604,9 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     if args.repeat < 1:
         raise ConfigError(f"--repeat must be >= 1, got {args.repeat}")
     config_file = getattr(args, "config", None)
-    engine_options = {k: getattr(args, k) for k in ENGINE_KEYS if getattr(args, k, None) is not None}
+    from traceinfer.cli import engine_options as given_engine_options
+
+    engine_options = given_engine_options(args)
     without_model = {k: v for k, v in engine_options.items() if k != "model"}
     device = resolve_device(load_section("engine", without_model, config_file).device)
     on_cuda = device.type == "cuda"

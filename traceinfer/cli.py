@@ -35,14 +35,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-chunked-prefill", dest="enable_chunked_prefill", action="store_false", default=None)
 
 
-ENGINE_KEYS = (
-    "model", "dtype", "device", "block_size", "num_kv_blocks", "max_model_len", "max_num_seqs",
-    "max_num_batched_tokens", "gpu_memory_utilization", "attention_backend", "enforce_eager", "enable_prefix_caching", "enable_chunked_prefill",
-)  # fmt: skip
-
-
 def engine_options(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in ENGINE_KEYS if getattr(args, k, None) is not None}
+    """The EngineConfig fields given on the command line (argument dests are the field names)."""
+    from dataclasses import fields
+
+    from traceinfer.config import EngineConfig
+
+    return {f.name: getattr(args, f.name) for f in fields(EngineConfig) if getattr(args, f.name, None) is not None}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -53,7 +52,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = args.prompt or list(DEFAULT_PROMPTS)
     params = SamplingParams(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_tokens=args.max_tokens,
-        ignore_eos=args.ignore_eos, seed=args.seed,
+        ignore_eos=args.ignore_eos, seed=args.sampling_seed,
     )  # fmt: skip
     print(f"model: {engine.model_label}")
     print(f"device: {engine.device}, dtype: {str(engine.dtype).removeprefix('torch.')}, attention: {engine.attention_backend}, "
@@ -83,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-k", type=int, default=-1)
     gen.add_argument("--top-p", type=float, default=1.0)
-    gen.add_argument("--seed", type=int)
+    gen.add_argument("--seed", dest="sampling_seed", type=int, help="sampling seed (the engine's seed sets synthetic weights)")
     gen.add_argument("--ignore-eos", action="store_true")
     add_engine_arguments(gen)
     gen.set_defaults(func=cmd_generate)
