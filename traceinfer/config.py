@@ -12,7 +12,6 @@ Every error names the key and what it accepts.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import typing
@@ -137,7 +136,3 @@ def load_section(
         if value is not None:
             values[key] = value
     return cls(**values)
-
-
-def replace(config, **changes):
-    return dataclasses.replace(config, **changes)

@@ -91,7 +91,6 @@ class LLMEngine:
             SchedulerConfig(
                 max_num_seqs=config.max_num_seqs,
                 max_num_batched_tokens=config.max_num_batched_tokens,
-                max_model_len=self.max_model_len,
                 enable_chunked_prefill=config.enable_chunked_prefill,
             ),
             self.block_manager,

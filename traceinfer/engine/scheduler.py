@@ -21,7 +21,6 @@ from traceinfer.engine.sequence import FinishReason, Sequence, SequenceStatus
 class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192
-    max_model_len: int = 4096
     enable_chunked_prefill: bool = True
 
 
