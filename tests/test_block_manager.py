@@ -39,7 +39,7 @@ def test_allocate_free_and_prefix_hit_share_physical_blocks():
     assert bm.num_used_blocks == 0 and bm.num_cached_blocks == 2
     assert [e["op"] for e in events] == ["allocate", "stored", "hit", "append", "free", "free"]
     stored = events[1]
-    assert stored["token_ids"] == [[0, 1, 2, 3], [4, 5, 6, 7]] and stored["parent_block_hash"] is None
+    assert stored["token_ids"] == [(0, 1, 2, 3), (4, 5, 6, 7)] and stored["parent_block_hash"] is None
 
 
 def test_never_a_full_hit():

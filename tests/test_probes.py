@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import subprocess
 import sys
 import time
 import types
@@ -20,8 +21,9 @@ from traceinfer import LLM, SamplingParams
 from traceinfer.errors import ConfigError
 from traceinfer.probes import PRESETS, PROBES, ProbeOptions, attach, read_manifest, read_stream, resolve_probes
 from traceinfer.probes.kv_events import block_manager_state
-from traceinfer.probes.rundir import ROWS_PER_LINE, STREAMS, RunWriter, iter_stream
-from traceinfer.probes.samplers import GpuReader
+from traceinfer.probes.encoder import ROWS_PER_LINE
+from traceinfer.probes.rundir import STREAMS, RunWriter, iter_stream
+from traceinfer.probes.sampler_process import GpuReader
 from traceinfer.reports import kv_analysis, request_analysis
 from traceinfer.reports.frames import load_frame
 from traceinfer.reports.perfetto import build_trace, write_trace
@@ -246,9 +248,11 @@ def test_step_trace_rows(make_llm, tmp_path):
 def test_samplers_and_threads_record_and_absent_hardware_is_absent(make_llm, tmp_path):
     llm = make_llm(num_kv_blocks=64)
     options = ProbeOptions(sample_hz=200, stack_hz=200)
+    first_step = llm.engine.step_index
     with attach(llm.engine, "samplers,threads,cuda_memory", tmp_path / "run", options) as session:
         llm.generate(prompts_of(2, 16), greedy(12))
         time.sleep(0.05)
+    last_step = llm.engine.step_index - 1
     run = session.run_dir
     manifest = read_manifest(run)
     details = manifest["probes"]["details"]
@@ -259,6 +263,11 @@ def test_samplers_and_threads_record_and_absent_hardware_is_absent(make_llm, tmp
     host = read_stream(run, "host_samples")
     assert len(host) >= 3 and all(r["rss_bytes"] > 0 and r["num_threads"] >= 1 for r in host)
     assert details["samplers"]["samples"] == len(host) and details["samplers"]["errors"] == 0
+    # the sampler process reads the engine's process, and the step from the cell the engine writes
+    assert all(r["cpu_user_s"] >= 0 and r["ctx_switches_voluntary"] >= 0 for r in host)
+    assert [r["t_ns"] for r in host] == sorted(r["t_ns"] for r in host)
+    assert host[-1]["step"] == last_step and {r["step"] for r in host} - {None} <= set(range(first_step, last_step + 1))
+    assert details["samplers"]["process_cpu_s"] > 0 and manifest["probes"]["cost"]["probe_processes_cpu_s"] > 0
 
     samples = read_stream(run, "thread_samples")
     main = [s for s in samples if s["thread_name"] == "MainThread"]
@@ -307,16 +316,19 @@ def test_nvtx_is_a_noop_without_the_package(make_llm, tmp_path, monkeypatch):
     assert info["available"] is False and "nvtx package is not installed" in info["reason"]
 
 
-def test_nvtx_ranges_and_layer_hooks_come_off(make_llm, tmp_path):
+def test_nvtx_without_a_tool_attached_subscribes_nothing(make_llm, tmp_path):
+    """No NVTX tool (nsys) in this process: nvtx's domain is a dummy, so the probe costs the engine nothing.
+    With a tool, tests/gpu/test_nsys.py checks the ranges in nsys's own report."""
     pytest.importorskip("nvtx")
     llm = make_llm(num_kv_blocks=64)
     layers = llm.engine.model.model.layers
     with attach(llm.engine, "nvtx", tmp_path / "run", ProbeOptions(nvtx_layers=True)) as session:
-        assert all(len(layer._forward_pre_hooks) == 1 for layer in layers)
+        assert set(llm.engine.hooks.subscribed()) == {"step"}  # the step tracker only
+        assert all(not layer._forward_pre_hooks for layer in layers)
         llm.generate(prompts_of(2, 8), greedy(3))
-    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in layers)
     info = read_manifest(session.run_dir)["probes"]["details"]["nvtx"]
-    assert info["available"] and info["layer_ranges"] and info["cuda_profiler_range"] is False
+    assert info["available"] and not info["profiler_attached"] and not info["ranges"] and not info["layer_ranges"]
+    assert "no NVTX tool" in info["reason"] and info["cuda_profiler_range"] is False
 
 
 # -- the run directory -----------------------------------------------------------------------
@@ -349,6 +361,49 @@ def test_streams_reach_the_disk_while_running_and_torn_lines_are_skipped(tmp_pat
     assert [r["t_ns"] for r in read_stream(tmp_path / "big", "gc")] == list(range(2 * ROWS_PER_LINE + 1))
 
 
+def _wait_for_rows(run_dir, stream: str, n: int) -> int:
+    deadline = time.monotonic() + 10
+    while (count := len(list(iter_stream(run_dir, stream)))) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return count
+
+
+def test_the_encoder_process_writes_and_the_writer_outlives_its_death(tmp_path):
+    np = pytest.importorskip("numpy")
+    run = tmp_path / "run"
+    writer = RunWriter(run, {}, flush_interval_s=0.02)
+    writer.start()
+    assert writer.encoder is not None and writer.encoder.proc.poll() is None
+    gc_rows = writer.stream("gc").rows
+    gc_rows.extend((i, 1, 0, 0, 0, i, False, "t") for i in range(3))
+    gc_rows.append((3, np.int64(7), 0, 0, 0, 3, False, lambda: 0))  # pickle cannot carry the lambda
+    assert _wait_for_rows(run, "gc", 4) == 4
+    writer.encoder.proc.kill()
+    writer.encoder.proc.wait()
+    gc_rows.extend((i, 1, 0, 0, 0, i, False, "t") for i in range(4, 6))
+    manifest = writer.close("completed")
+    rows = read_stream(run, "gc")
+    assert [r["t_ns"] for r in rows] == list(range(6)) and rows[3]["dur_ns"] == 7 and rows[3]["thread"].startswith("<function")
+    assert manifest["writer"]["encoder"] == "flusher thread"
+    assert "died during the run" in manifest["writer"]["error"]
+
+
+def test_the_encoder_writes_what_it_was_sent_when_the_engine_process_dies(tmp_path):
+    code = f"""
+import os, sys, time
+from traceinfer.probes.rundir import RunWriter
+w = RunWriter({str(tmp_path / "run")!r}, {{}}, flush_interval_s=60)
+w.start()
+w.stream("tokens").rows.extend((i, 0, "r", i, 100 + i) for i in range(1000))
+w.flush()
+os._exit(3)   # no close: a crash
+"""
+    proc = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert proc.returncode == 3
+    assert _wait_for_rows(tmp_path / "run", "tokens", 1000) == 1000
+    assert read_manifest(tmp_path / "run")["status"] == "running"
+
+
 def test_manifest_describes_the_run(make_llm, tmp_path):
     llm = make_llm(num_kv_blocks=64)
     with attach(llm.engine, "default", tmp_path / "run", manifest={"workload": {"name": "t"}}) as session:
@@ -360,7 +415,8 @@ def test_manifest_describes_the_run(make_llm, tmp_path):
     assert m["clock"]["t0_ns"] == m["timing"]["t0_ns"] and m["timing"]["wall_s"] > 0
     assert m["probes"]["enabled"] == list(PRESETS["default"]) and m["probes"]["sample_hz"] == 20.0
     assert set(m["probes"]["details"]) == set(PRESETS["default"])
-    assert "probe_threads_cpu_s" in m["probes"]["cost"]
+    assert "probe_threads_cpu_s" in m["probes"]["cost"] and m["probes"]["cost"]["encoder_cpu_s"] > 0
+    assert m["writer"]["encoder"] == "process" and m["writer"]["error"] is None
     for name, s in m["streams"].items():
         assert s["columns"] == list(STREAMS[name].names) and s["rows"] == len(read_stream(session.run_dir, name))
 

@@ -113,7 +113,7 @@ class BlockManager:
             self._emit(
                 "stored", seq.request_id, stored,
                 parent_block_hash=self.blocks[stored[0]].parent_hash,
-                token_ids=[list(self.blocks[b].token_ids) for b in stored], first_block_index=first,
+                token_ids=[self.blocks[b].token_ids for b in stored], first_block_index=first,
             )  # fmt: skip
 
     def reset_prefix_cache(self) -> bool:

@@ -1,8 +1,9 @@
 """CUDA allocator probe (stream 'cuda_memory'): torch's caching-allocator counters after every step,
 and optionally a ``torch.cuda.memory`` snapshot for https://pytorch.org/memory_viz.
 
-``torch.cuda.memory_stats`` builds a dict of a few hundred entries (tens of microseconds), so this
-probe is in ``all``, not ``default``. Absent (no rows, the reason in the manifest) without CUDA.
+It reads ``torch.cuda.memory_stats_as_nested_dict`` (the allocator's own dict; ``memory_stats`` would
+flatten and sort its few hundred entries in Python on every step). One call per step, so this probe is
+in ``all``, not ``default``. Absent (no rows, the reason in the manifest) without CUDA.
 """
 
 from __future__ import annotations
@@ -51,14 +52,14 @@ class CudaMemoryProbe(Probe):
     def _on_step(self, point: str, phase: str, t: int, fields: dict) -> None:
         if phase != "E":
             return
-        s = self._torch.cuda.memory_stats(self._device)
-        allocated = s.get("allocated_bytes.all.current")
-        reserved = s.get("reserved_bytes.all.current")
-        frag = 1.0 - allocated / reserved if reserved and allocated is not None else None
+        s = self._torch.cuda.memory_stats_as_nested_dict(self._device)
+        allocated = s["allocated_bytes"]["all"]
+        reserved = s["reserved_bytes"]["all"]["current"]
+        frag = 1.0 - allocated["current"] / reserved if reserved else None
         self._append(
-            (time.perf_counter_ns(), self._steps.step, allocated, reserved, s.get("active_bytes.all.current"),
-             s.get("inactive_split_bytes.all.current"), frag, s.get("allocated_bytes.all.peak"),
-             s.get("num_alloc_retries"), s.get("num_ooms"))
+            (time.perf_counter_ns(), self._steps.step, allocated["current"], reserved,
+             s["active_bytes"]["all"]["current"], s["inactive_split_bytes"]["all"]["current"], frag,
+             allocated["peak"], s["num_alloc_retries"], s["num_ooms"])
         )  # fmt: skip
 
     def stop(self) -> None:

@@ -16,7 +16,9 @@ Each stage gets a range with a colour, a category and an integer payload:
 Around the window the probe is attached it calls ``torch.cuda.profiler.start()/stop()``, so
 ``nsys profile -t cuda,nvtx,osrt --capture-range=cudaProfilerApi --capture-range-end=stop`` captures
 exactly the profiled workload. Without the ``nvtx`` package the ranges are a no-op and the manifest
-says so; with it but no profiler attached, nvtx hands out a dummy domain whose calls return at once.
+says so. With it but no tool attached (nsys or another NVTX injection library, which must be there
+when the process starts), nvtx hands out a dummy domain whose calls do nothing; the probe then
+subscribes to no hook point at all, so that leaving it on costs the engine nothing.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class NvtxProbe(Probe):
         self._layer_handles: list = []
         self._profiler_started = False
         self._cuda = ctx.engine.device.type == "cuda"
+        self.profiler_attached = False
         try:
             import nvtx
         except ImportError:
@@ -63,6 +66,8 @@ class NvtxProbe(Probe):
         dom = nvtx.get_domain(DOMAIN)
         self._domain = dom
         self.profiler_attached = type(dom).__name__ != "DummyDomain"
+        if not self.profiler_attached:
+            self.reason = "no NVTX tool attached (e.g. nsys profile): ranges would be dropped, so none are pushed"
         for stage, (category, color, _) in STAGES.items():
             self._attrs[stage] = dom.get_event_attributes(message=stage, color=color, category=category)
         self._attrs["forward_graph"] = dom.get_event_attributes(message="forward (graph)", color=STAGES["forward"][1], category="runner")  # fmt: skip
@@ -72,7 +77,7 @@ class NvtxProbe(Probe):
 
     # -- ranges ----------------------------------------------------------------------------
     def subscriptions(self) -> dict[str, Callable]:
-        if self._domain is None:
+        if self._domain is None or not self.profiler_attached:
             return {}
         subs: dict[str, Callable] = {stage: self._range(stage) for stage in STAGES}
         subs["block"] = self._on_block
@@ -92,8 +97,7 @@ class NvtxProbe(Probe):
                 pop()
                 return
             a = (graph if fields.get("cuda_graph") else eager) if forward else attrs
-            if a is not None:  # None: the dummy domain (no profiler attached)
-                a.payload = fields.get(payload_key)
+            a.payload = fields.get(payload_key)
             push(a)
 
         return on_stage
@@ -105,14 +109,12 @@ class NvtxProbe(Probe):
             attrs = self._block_attrs[op] = self._domain.get_event_attributes(
                 message=f"block {op}", color=BLOCK_COLOR, category="block_manager"
             )
-        if attrs is not None:
-            attrs.payload = len(fields["block_ids"])
+        attrs.payload = len(fields["block_ids"])
         self._domain.mark(attrs)
 
     def _on_preempt(self, point: str, phase: str, t: int, fields: dict) -> None:
         attrs = self._attrs["preempt"]
-        if attrs is not None:
-            attrs.payload = fields.get("num_computed_tokens")
+        attrs.payload = fields.get("num_computed_tokens")
         self._domain.mark(attrs)
 
     # -- per-layer ranges and the profiler window --------------------------------------------
@@ -133,7 +135,7 @@ class NvtxProbe(Probe):
             self._layer_handles.append(layer.register_forward_hook(pop))
 
     def start(self) -> None:
-        if self._domain is not None and self.ctx.options.nvtx_layers:
+        if self._domain is not None and self.profiler_attached and self.ctx.options.nvtx_layers:
             self._add_layer_ranges()
         if self._cuda and self.ctx.options.cuda_profiler_range:
             import torch
@@ -158,7 +160,8 @@ class NvtxProbe(Probe):
         return {
             **super().info(),
             "domain": DOMAIN,
-            "profiler_attached": getattr(self, "profiler_attached", False),
-            "layer_ranges": self.ctx.options.nvtx_layers and self._domain is not None,
+            "profiler_attached": self.profiler_attached,
+            "ranges": self._domain is not None and self.profiler_attached,
+            "layer_ranges": self.ctx.options.nvtx_layers and self._domain is not None and self.profiler_attached,
             "cuda_profiler_range": self._cuda and self.ctx.options.cuda_profiler_range,
         }

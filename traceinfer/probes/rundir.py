@@ -17,10 +17,12 @@ A stream file is JSON Lines: the first line is a header object, every later line
     [[81723640311,0,["0","1"],[0,0],[5121,913]]]          a packed row: one token per list element
     [[81724101233,1,"0",1,77]]
 
-Rows in batches keep the writer cheap (one ``json.dumps`` per flush instead of one per event) and keep
-the file crash-safe: the flusher writes every ``flush_interval_s`` (0.5 s), so a crash or Ctrl-C loses
-at most the last half second, and a torn last line is skipped by ``read_stream`` with a warning. A live
-reader can tail the files. Times are ``time.perf_counter_ns()`` of the process that wrote them; the
+Probes only append tuples to a stream's row list. Every ``flush_interval_s`` (0.5 s) a flusher thread
+hands the new rows to an encoder process (traceinfer.probes.encoder), which JSON-encodes and appends
+them, so the engine's process pays for a ``pickle.dumps`` instead of a ``json.dumps``. A crash or
+Ctrl-C loses at most the last half second; the encoder writes all it was sent even when the engine's
+process dies, and a torn last line is skipped by ``read_stream`` with a warning. A live reader can
+tail the files. Times are ``time.perf_counter_ns()`` of the process that wrote them; the
 manifest's ``clock`` pairs ``t0_ns`` with the Unix time, and trace timestamps are relative to ``t0_ns``.
 Absent hardware gives ``null`` fields (or no stream, with the reason in the manifest), never zeros.
 """
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -37,12 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from traceinfer.probes import encoder
+from traceinfer.probes.encoder import encode_lines, jsonable
+
 FORMAT = "traceinfer-run"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TRACE = "trace.json"
 MEMORY_SNAPSHOT = "memory_snapshot.pickle"
-ROWS_PER_LINE = 2048  # rows encoded per json.dumps call (about a millisecond of GIL)
 
 
 @dataclass(frozen=True)
@@ -238,7 +244,7 @@ STREAMS: dict[str, StreamSchema] = {
 
 # -- writing -------------------------------------------------------------------------------
 class StreamWriter:
-    """Rows of one stream, appended by probes (``rows.append(tuple)``), written by the flusher."""
+    """Rows of one stream, appended by probes (``rows.append(tuple)``), handed on by the flusher."""
 
     __slots__ = ("_fh", "count", "path", "rows", "schema")
 
@@ -246,45 +252,81 @@ class StreamWriter:
         self.schema = schema
         self.rows: list = []
         self.path = path
-        self.count = 0
-        self._fh = open(path, "w", encoding="utf-8")
+        self.count = 0  # events handed to the encoder (packed rows count one per element)
+        self._fh = None  # this process's append handle, opened only when it encodes itself
         header = {"stream": schema.name, "format_version": FORMAT_VERSION, "columns": list(schema.names)}
         if schema.packed:
             header["packed"] = list(schema.packed)
-        self._fh.write(json.dumps(header) + "\n")
-        self._fh.flush()
+        path.write_text(json.dumps(header) + "\n", encoding="utf-8")
 
-    def flush(self) -> int:
+    def take(self) -> list:
+        """The rows appended so far (rows appended meanwhile stay for the next call)."""
         rows = self.rows
-        n = len(rows)  # rows appended while we write stay for the next flush
+        n = len(rows)
         if not n:
-            return 0
-        chunk = rows[:n]
+            return []
+        batch = rows[:n]
         del rows[:n]
-        for i in range(0, n, ROWS_PER_LINE):  # short GIL holds: the engine thread runs between lines
-            self._fh.write(json.dumps(chunk[i : i + ROWS_PER_LINE], separators=(",", ":"), default=_jsonable) + "\n")
-        self._fh.flush()
         if self.schema.packed:  # count events, not rows
             first = self.schema.names.index(self.schema.packed[0])
-            n = sum(len(r[first]) if isinstance(r[first], list) else 1 for r in chunk)
-        self.count += n
-        return n
+            self.count += sum(len(r[first]) if isinstance(r[first], list) else 1 for r in batch)
+        else:
+            self.count += n
+        return batch
+
+    def write(self, batch: list) -> None:
+        """Encode and append ``batch`` in this process (no encoder process, or it is gone)."""
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(encode_lines(batch))
+        self._fh.flush()
 
     def close(self) -> None:
-        self.flush()
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
 
 
-def _jsonable(value: Any) -> Any:
-    """numpy / torch scalars and other odd values: as plain numbers, else as their str()."""
-    item = getattr(value, "item", None)
-    if callable(item):
-        return item()
-    return str(value)
+class EncoderProcess:
+    """The child process that encodes and writes the streams (traceinfer.probes.encoder)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", encoder.__file__, str(run_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        self.report: dict = {}
+
+    def send(self, file_name: str, batch: list) -> None:
+        """Hand ``batch`` over; blocks (without the GIL) only while the pipe is full. OSError if it died."""
+        self.proc.stdin.write(encoder.frame(file_name, batch))
+        self.proc.stdin.flush()
+
+    def close(self, timeout_s: float = 120.0) -> str | None:
+        """End its input and wait until it has written everything; returns an error, or None."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            return f"the encoder process did not finish within {timeout_s:.0f} s and was killed"
+        except OSError as exc:  # stdin already broken: it died before
+            self.proc.wait()
+            return f"the encoder process died: {exc}"
+        try:
+            self.report = json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            return f"the encoder process exited with {self.proc.returncode}: {tail[0]}"
+        return None
 
 
 class RunWriter:
-    """Owns a run directory: the manifest and one StreamWriter per stream, flushed on a thread."""
+    """Owns a run directory: the manifest and one StreamWriter per stream.
+
+    A flusher thread takes every stream's new rows each ``flush_interval_s`` and hands them to the
+    encoder process; if that cannot start or dies, the flusher encodes them itself (slower for the
+    engine, same files) and the manifest's ``writer`` says why."""
 
     def __init__(self, path: str | Path, manifest: dict, flush_interval_s: float = 0.5) -> None:
         self.path = Path(path)
@@ -295,6 +337,8 @@ class RunWriter:
         self.streams: dict[str, StreamWriter] = {}
         self.flush_interval_s = flush_interval_s
         self.flusher_cpu_s = 0.0
+        self.encoder: EncoderProcess | None = None
+        self.encoder_error: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -307,7 +351,13 @@ class RunWriter:
                 self.streams[name] = StreamWriter(STREAMS[name], self.path / STREAMS[name].file)
             return self.streams[name]
 
-    def start(self) -> None:
+    def start(self, use_encoder: bool = True) -> None:
+        """Start the encoder process (unless ``use_encoder`` is False) and the flusher thread."""
+        if use_encoder:
+            try:
+                self.encoder = EncoderProcess(self.path)
+            except OSError as exc:
+                self.encoder_error = f"the encoder process did not start: {exc}"
         self._thread = threading.Thread(target=self._run, name="traceinfer-flusher", daemon=True)
         self._thread.start()
 
@@ -319,7 +369,32 @@ class RunWriter:
     def flush(self) -> None:
         with self._lock:
             for s in self.streams.values():
-                s.flush()
+                batch = s.take()
+                if not batch:
+                    continue
+                if self.encoder is not None:
+                    try:
+                        self.encoder.send(s.schema.file, batch)
+                        continue
+                    except OSError as exc:  # it died: what it had not written is lost, the rest is not
+                        self._encoder_gone(f"the encoder process died during the run: {exc}")
+                s.write(batch)
+
+    def _encoder_gone(self, reason: str) -> None:
+        encoder, self.encoder = self.encoder, None
+        error = encoder.close(timeout_s=5.0) if encoder is not None else None
+        self.encoder_error = f"{reason} ({error})" if error else reason
+
+    def info(self) -> dict:
+        """What the manifest says about the writer."""
+        report = self.encoder.report if self.encoder is not None else {}
+        return {
+            "encoder": "process" if self.encoder is not None else "flusher thread",
+            "error": self.encoder_error,
+            "encoder_cpu_s": report.get("cpu_s"),
+            "flusher_cpu_s": round(self.flusher_cpu_s, 4),
+            "flush_interval_s": self.flush_interval_s,
+        }
 
     def write_manifest(self) -> None:
         self.manifest["streams"] = {
@@ -329,13 +404,19 @@ class RunWriter:
         write_json_atomic(self.path / MANIFEST, self.manifest)
 
     def close(self, status: str) -> dict:
-        """Stop the flusher, write what is left, write the final manifest; returns it."""
+        """Stop the flusher, write what is left, wait for the encoder, write the final manifest; returns it."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        self.flush()
+        if self.encoder is not None:
+            error = self.encoder.close()
+            if error:
+                self.encoder_error = error
         with self._lock:
             for s in self.streams.values():
                 s.close()
+        self.manifest["writer"] = self.info()
         self.manifest["status"] = status
         self.write_manifest()
         return self.manifest
@@ -344,7 +425,7 @@ class RunWriter:
 def write_json_atomic(path: Path, obj: dict) -> None:
     """Write through a temporary file and rename, so a reader never sees half a manifest."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, default=jsonable) + "\n")
     os.replace(tmp, path)
 
 

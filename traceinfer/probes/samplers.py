@@ -1,20 +1,28 @@
 """Samplers (streams 'host_samples' and 'gpu_samples'): psutil for this process, NVML for the engine's GPU.
 
-One daemon thread samples both at ``sample_hz``. NVML comes from nvidia-ml-py (``import pynvml``); the
-GPU part is absent, with the reason in the manifest and no rows, when the engine runs on the CPU, the
-package is missing or the driver cannot be reached. A field the GPU does not support is null, never 0.
-PCIe throughput is read at most twice a second: NVML measures it over 20 ms per call.
+The sampling runs in a process of its own (traceinfer.probes.sampler_process, which says why), at
+``sample_hz``. This probe starts it, tells it the engine's PID and GPU, shares the current step index
+with it through an 8-byte mapped file, writes the two streams' headers and, at stop, ends it and reads
+its report. The GPU part is absent, with the reason in the manifest and no stream, when the engine runs
+on the CPU, nvidia-ml-py is missing or NVML cannot be reached; the host part when psutil is missing.
+A field the GPU does not support is null, never 0.
 """
 
 from __future__ import annotations
 
+import json
+import mmap
 import os
-import time
-from collections.abc import Callable
+import select
+import subprocess
+import sys
+import tempfile
 
-from traceinfer.probes.base import Probe, ProbeContext, SamplerThread
+from traceinfer.probes import sampler_process
+from traceinfer.probes.base import Probe, ProbeContext
+from traceinfer.probes.sampler_process import NO_STEP, STEP
 
-PCIE_MIN_INTERVAL_NS = 500_000_000
+START_TIMEOUT_S = 60.0  # psutil and NVML open in well under a second; a loaded machine may be slow
 
 
 def nvml_index(device) -> int:
@@ -28,153 +36,123 @@ def nvml_index(device) -> int:
         return index
 
 
-class GpuReader:
-    """Reads one GPU's fields through NVML; a query that raises NotSupported is dropped for good."""
+class StepCell:
+    """The current engine step in an 8-byte file mapped by the engine's process and the sampler process."""
 
-    def __init__(self, pynvml, index: int) -> None:
-        n = self.nvml = pynvml
-        h = self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        self.name = pynvml.nvmlDeviceGetName(h)
-        self.unsupported: set[str] = set()
-        self._last_pcie_ns = 0
-
-        def util():
-            u = n.nvmlDeviceGetUtilizationRates(h)
-            return u.gpu, u.memory
-
-        # (columns of gpu_samples, query returning their values), in column order
-        self.queries: list[tuple[tuple[str, ...], Callable[[], tuple]]] = [
-            (("gpu_util_pct", "mem_util_pct"), util),
-            (("mem_used_bytes",), lambda: (n.nvmlDeviceGetMemoryInfo(h).used,)),
-            (("power_w",), lambda: (n.nvmlDeviceGetPowerUsage(h) / 1000.0,)),
-            (("sm_clock_mhz",), lambda: (n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),)),
-            (("mem_clock_mhz",), lambda: (n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_MEM),)),
-            (("temperature_c",), lambda: (n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU),)),
-        ]
-        self.pcie = [  # NVML reports KB/s
-            (("pcie_rx_bytes_s",), lambda: (n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_RX_BYTES) * 1024,)),
-            (("pcie_tx_bytes_s",), lambda: (n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_TX_BYTES) * 1024,)),
-        ]
-
-    def _get(self, names: tuple[str, ...], query) -> tuple:
-        if names[0] in self.unsupported:
-            return (None,) * len(names)
+    def __init__(self) -> None:
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, self.path = tempfile.mkstemp(prefix="traceinfer-step-", dir=shm)
         try:
-            return query()
-        except self.nvml.NVMLError as exc:
-            if isinstance(exc, self.nvml.NVMLError_NotSupported):
-                self.unsupported.update(names)
-            return (None,) * len(names)
+            os.write(fd, STEP.pack(NO_STEP))
+            self.map = mmap.mmap(fd, STEP.size)
+        finally:
+            os.close(fd)
 
-    def read(self, t_ns: int) -> list:
-        """Values in gpu_samples column order after t_ns and step; PCIe only every PCIE_MIN_INTERVAL_NS."""
-        values = [v for names, query in self.queries for v in self._get(names, query)]
-        if t_ns - self._last_pcie_ns >= PCIE_MIN_INTERVAL_NS:
-            self._last_pcie_ns = t_ns
-            values += [v for names, query in self.pcie for v in self._get(names, query)]
-        else:
-            values += [None, None]
-        return values
+    def __call__(self, point: str, phase: str, t_ns: int, fields: dict) -> None:  # subscribed to 'step'
+        if phase == "B":
+            STEP.pack_into(self.map, 0, fields.get("step", NO_STEP))
+
+    def close(self) -> None:
+        self.map.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
 class SamplerProbe(Probe):
     name = "samplers"
-    description = "psutil (process CPU, RSS, context switches, threads) and NVML (GPU util, memory, power, clocks, temperature, PCIe) on a thread"
+    description = "psutil (process CPU, RSS, context switches, threads) and NVML (GPU util, memory, power, clocks, temperature, PCIe) from a sampler process"
     streams = ("host_samples", "gpu_samples")
 
     def __init__(self, ctx: ProbeContext) -> None:
         super().__init__(ctx)
-        self._steps = ctx.steps
-        self.host_reason: str | None = None
-        self.gpu_reason: str | None = None
-        self.gpu_name: str | None = None
-        self._proc = None
-        self._gpu: GpuReader | None = None
-        self._nvml = None
+        self.hz = ctx.sample_hz
+        self.ready: dict = {"host": {"available": False, "reason": None}, "gpu": {"available": False, "reason": None}}
+        self.report: dict = {}
+        self.error: str | None = None
+        self._cell = StepCell()
+        self._proc: subprocess.Popen | None = None
+        self._started = False
         try:
-            import psutil
+            self._spawn(ctx)
+        except Exception as exc:
+            self._end()
+            self.absent(f"the sampler process did not start: {exc}")
+            return
+        host, gpu = self.ready["host"], self.ready["gpu"]
+        if not host["available"] and not gpu["available"]:
+            self._end()
+            self.absent(f"host: {host['reason']}; gpu: {gpu['reason']}")
+            return
+        self.reason = "; ".join(f"{part}: {info['reason']}" for part, info in self.ready.items() if info["reason"]) or None
+        for part, stream in (("host", "host_samples"), ("gpu", "gpu_samples")):
+            if self.ready[part]["available"]:
+                ctx.writer.stream(stream)  # the header; the sampler process appends the rows
 
-            self._proc = psutil.Process()
-            self._host = ctx.writer.stream("host_samples").rows.append
-        except ImportError:
-            self.host_reason = "psutil is not installed (pip install psutil)"
-        self._open_gpu(ctx)
-        if self._proc is None and self._gpu is None:
-            self.absent(f"host: {self.host_reason}; gpu: {self.gpu_reason}")
-        else:
-            self.reason = "; ".join(r for r in (self.host_reason and f"host: {self.host_reason}",
-                                                self.gpu_reason and f"gpu: {self.gpu_reason}") if r) or None  # fmt: skip
-        self._sampler = SamplerThread("traceinfer-sampler", ctx.sample_hz, self._sample)
-
-    def _open_gpu(self, ctx: ProbeContext) -> None:
+    def _spawn(self, ctx: ProbeContext) -> None:
         device = ctx.engine.device
-        if device.type != "cuda":
-            self.gpu_reason = f"the engine runs on {device.type}: no GPU to sample"
-            return
-        try:
-            import pynvml
-        except ImportError:
-            self.gpu_reason = "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
-            return
-        try:
-            pynvml.nvmlInit()
-        except Exception as exc:
-            self.gpu_reason = f"NVML did not initialize: {exc}"
-            return
-        self._nvml = pynvml
-        try:
-            self._gpu = GpuReader(pynvml, nvml_index(device))
-            self.gpu_name = self._gpu.name
-            self._gpu_rows = ctx.writer.stream("gpu_samples").rows.append
-        except Exception as exc:
-            self.gpu_reason = f"NVML has no handle for {device}: {exc}"
-            self._close_nvml()
+        cmd = [sys.executable, "-I", sampler_process.__file__, "--run-dir", str(ctx.writer.path),
+               "--pid", str(os.getpid()), "--hz", str(self.hz), "--step-file", self._cell.path]  # fmt: skip
+        if device.type == "cuda":
+            cmd += ["--nvml-index", str(nvml_index(device))]
+        else:
+            cmd += ["--no-gpu-reason", f"the engine runs on {device.type}: no GPU to sample"]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = self._readline(START_TIMEOUT_S)
+        if not line:
+            err = self._proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(err[0])
+        self.ready = json.loads(line)
 
-    def _close_nvml(self) -> None:
-        if self._nvml is not None:
-            try:
-                self._nvml.nvmlShutdown()
-            except Exception:
-                pass
-            self._nvml = None
+    def _readline(self, timeout_s: float) -> bytes:
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
+        if not ready:
+            raise TimeoutError(f"no answer within {timeout_s:.0f} s")
+        return self._proc.stdout.readline()
+
+    def subscriptions(self) -> dict:
+        return {"step": self._cell} if self.available else {}
 
     def start(self) -> None:
-        if not self.available:
-            return
-        if self._proc is not None:
-            times = os.times()
-            self._prev_cpu = (time.perf_counter_ns(), times.user + times.system)  # cpu_percent's reference point
-        self._sampler.start()
+        if self.available:
+            self._proc.stdin.write(b"g")
+            self._proc.stdin.flush()
+            self._started = True
 
     def stop(self) -> None:
-        self._sampler.stop()
-        self._close_nvml()
+        if self._proc is None:
+            return
+        self._end()
+        writer = self.ctx.writer
+        for part, stream in (("host", "host_rows"), ("gpu", "gpu_rows")):
+            name = f"{part}_samples"
+            if name in writer.streams:
+                writer.streams[name].count = self.report.get(stream, 0)
 
-    def _sample(self) -> None:
-        t = time.perf_counter_ns()
-        step = self._steps.step
-        proc = self._proc
+    def _end(self) -> None:
+        """End the sampler process (end of its stdin) and read its report."""
+        proc, self._proc = self._proc, None
         if proc is not None:
-            with proc.oneshot():  # two /proc reads: statm, status
-                rss = proc.memory_info().rss
-                ctx = proc.num_ctx_switches()
-                threads = proc.num_threads()
-            times = os.times()  # one syscall; psutil.cpu_times would read a third file
-            cpu = times.user + times.system
-            prev_t, prev_cpu = self._prev_cpu
-            pct = 100.0 * (cpu - prev_cpu) / ((t - prev_t) / 1e9) if t > prev_t else None
-            self._prev_cpu = (t, cpu)
-            self._host((t, step, pct, rss, threads, ctx.voluntary, ctx.involuntary, times.user, times.system))
-        if self._gpu is not None:
-            self._gpu_rows((t, step, *self._gpu.read(t)))
+            try:
+                out, err = proc.communicate(timeout=30)
+                lines = out.decode().strip().splitlines()
+                if self._started and lines:
+                    self.report = json.loads(lines[-1])
+                elif proc.returncode:
+                    self.error = f"exited with {proc.returncode}: {err.decode(errors='replace').strip()[-500:]}"
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                self.error = "did not end within 30 s and was killed"
+        self._cell.close()
 
     def info(self) -> dict:
+        r = self.report
         return {
             **super().info(),
-            **self._sampler.info(),
-            "host": {"available": self._proc is not None, "reason": self.host_reason},
-            "gpu": {
-                "available": self._gpu is not None, "reason": self.gpu_reason, "name": self.gpu_name,
-                "unsupported_fields": sorted(self._gpu.unsupported) if self._gpu else None,
-            },
+            "hz": self.hz, "samples": r.get("samples", 0), "errors": r.get("errors", 0),
+            "last_error": r.get("last_error") or self.error, "process_cpu_s": r.get("cpu_s"),
+            "host": self.ready["host"],
+            "gpu": {**self.ready["gpu"], "unsupported_fields": r.get("unsupported_fields")},
         }  # fmt: skip

@@ -167,11 +167,14 @@ class ProbeSession:
             details[name]["stop_error"] = err
         m["probes"]["details"] = details
         manifest = self.writer.close(status)
-        threads = sum(d.get("thread_cpu_s", 0.0) for d in details.values())
+        threads = sum(d.get("thread_cpu_s") or 0.0 for d in details.values())
+        processes = sum(d.get("process_cpu_s") or 0.0 for d in details.values())
         manifest["probes"]["cost"] = {
             "probe_threads_cpu_s": round(threads, 4),
             "flusher_cpu_s": round(self.writer.flusher_cpu_s, 4),
-            "note": "CPU time of the probes' own threads; their cost in throughput is measured by "
+            "probe_processes_cpu_s": round(processes, 4),
+            "encoder_cpu_s": manifest["writer"]["encoder_cpu_s"],
+            "note": "CPU time of the probes' own threads (in the engine's process) and processes; their cost in throughput is measured by "
             "`traceinfer bench --probes off,default,all` and by `profile`'s baseline run ('overhead')",
         }
         self.writer.write_manifest()

@@ -1,0 +1,112 @@
+"""Where the probes' throughput cost comes from: the bench workload under probe variants, in one process.
+
+    python3 scripts/probe_cost.py [--rounds 3] [--num-requests 256] VARIANT ...
+
+A variant is a probe selection with optional settings after '@', e.g.
+
+    off  default  all  steps  kv  default@flush=60  default@switch=0.0005
+
+flush=S sets ProbeOptions.flush_interval_s (60: nothing is written during the timed run), switch=S
+sets sys.setswitchinterval for the run (the GIL hand-over interval, 0.005 by default). Variants run in
+rotated order each round on one engine (prefix cache emptied before each run); the table gives each
+variant's median output tok/s, its cost against the median of 'off', and the CPU seconds of the main
+thread and of the probes' own threads. Not a test: a measuring tool for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import threading
+import time
+
+import torch
+
+from traceinfer.bench import CPU_WORKLOAD, CUDA_MODEL, CUDA_WORKLOAD, make_workload, synchronize
+from traceinfer.engine.llm_engine import LLM
+from traceinfer.probes import ProbeOptions, attach
+
+
+def parse_variant(text: str) -> tuple[str, dict, float | None]:
+    probes, *settings = text.split("@")
+    options: dict = {}
+    switch = None
+    for item in settings:
+        key, _, value = item.partition("=")
+        if key == "flush":
+            options["flush_interval_s"] = float(value)
+        elif key == "switch":
+            switch = float(value)
+        else:
+            raise SystemExit(f"unknown variant setting {key!r} in {text!r} (flush=S, switch=S)")
+    return probes, options, switch
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--num-requests", type=int, default=256)
+    parser.add_argument("--model", default=None, help="default: bench's (synthetic:qwen3-0.6b on CUDA)")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args()
+
+    llm = LLM(args.model or (CUDA_MODEL if torch.cuda.is_available() else None))
+    engine = llm.engine
+    cuda = engine.device.type == "cuda"
+    spec = dataclasses.replace(CUDA_WORKLOAD if cuda else CPU_WORKLOAD, num_requests=args.num_requests)
+    prompts, params = make_workload(spec)
+    llm.generate(prompts, [dataclasses.replace(p, max_tokens=min(p.max_tokens, 4)) for p in params])
+    main_thread = threading.main_thread()
+    assert threading.current_thread() is main_thread
+
+    results: dict[str, list[dict]] = {v: [] for v in args.variants}
+    n = len(args.variants)
+    for r in range(args.rounds):
+        for i in range(n):
+            variant = args.variants[(i + r) % n]
+            probes, options, switch = parse_variant(variant)
+            engine.block_manager.reset_prefix_cache()
+            old_switch = sys.getswitchinterval()
+            if switch is not None:
+                sys.setswitchinterval(switch)
+            session = attach(engine, probes, None, ProbeOptions(**options))
+            steps0 = engine.step_index
+            try:
+                synchronize(engine.device)
+                cpu0, start = time.thread_time(), time.perf_counter()
+                outputs = llm.generate(prompts, params)
+                synchronize(engine.device)
+                seconds, main_cpu = time.perf_counter() - start, time.thread_time() - cpu0
+            finally:
+                manifest = session.close()
+                sys.setswitchinterval(old_switch)
+            tokens = sum(len(o.token_ids) for o in outputs)
+            cost = manifest["probes"].get("cost", {})
+            results[variant].append({
+                "tok_s": tokens / seconds, "seconds": seconds, "steps": engine.step_index - steps0,
+                "main_cpu_s": main_cpu, "flusher_cpu_s": cost.get("flusher_cpu_s", 0.0),
+                "probe_threads_cpu_s": cost.get("probe_threads_cpu_s", 0.0),
+            })  # fmt: skip
+            print(f"round {r} {variant:28s} {tokens / seconds:10,.1f} tok/s  {seconds:6.2f} s", flush=True)
+
+    base = statistics.median(x["tok_s"] for x in results["off"]) if "off" in results else None
+    print(f"\n{'variant':28s} {'median tok/s':>12s} {'cost %':>7s} {'main cpu s':>10s} {'flusher s':>9s} "
+          f"{'threads s':>9s}  runs")  # fmt: skip
+    for variant, runs in results.items():
+        med = statistics.median(x["tok_s"] for x in runs)
+        cost = f"{100 * (1 - med / base):+.2f}" if base else "-"
+        row = {k: statistics.median(x[k] for x in runs) for k in ("main_cpu_s", "flusher_cpu_s", "probe_threads_cpu_s")}
+        print(f"{variant:28s} {med:12,.1f} {cost:>7s} {row['main_cpu_s']:10.3f} {row['flusher_cpu_s']:9.3f} "
+              f"{row['probe_threads_cpu_s']:9.3f}  " + ", ".join(f"{x['tok_s']:,.0f}" for x in runs))  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"device": str(engine.device), "rounds": args.rounds, "results": results}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

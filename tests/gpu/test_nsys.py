@@ -1,0 +1,59 @@
+"""`traceinfer profile` under a real `nsys profile --capture-range=cudaProfilerApi`: the NVTX ranges of the
+probe reach the report, one per engine step and stage, and the capture holds the workload's kernels.
+`nsys stats` is the oracle; the run directory's step stream is what its counts are checked against."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from traceinfer.probes import read_manifest, read_stream
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(shutil.which("nsys") is None, reason="needs nsys on PATH"),
+]
+
+
+def nsys_stats(report: str, rep_file) -> list[dict]:
+    out = subprocess.run(
+        ["nsys", "stats", "-q", "--report", report, "--format", "csv", "--output", "-", str(rep_file)],
+        capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith('"') or "," in ln)
+    return list(csv.DictReader(io.StringIO("\n".join(lines[start:]))))
+
+
+def test_nvtx_ranges_reach_nsys_one_per_step_and_stage(tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        "nsys", "profile", "-t", "cuda,nvtx", "-s", "none", "--cpuctxsw=none",
+        "--capture-range=cudaProfilerApi", "--capture-range-end=stop", "-o", str(tmp_path / "cap"),
+        sys.executable, "-m", "traceinfer.cli", "profile", "--workload", "chatbot", "--model", "synthetic:tiny",
+        "--num-requests", "8", "--probes", "nvtx,steps", "--no-baseline", "--out", str(run),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    nvtx = read_manifest(run)["probes"]["details"]["nvtx"]
+    assert nvtx["profiler_attached"] and nvtx["ranges"] and nvtx["cuda_profiler_range"]
+
+    ranges = {row["Range"].split(":", 1)[-1].strip(): int(row["Instances"]) for row in nsys_stats("nvtx_sum", tmp_path / "cap.nsys-rep")}
+    steps = read_stream(run, "steps")
+    model_steps = [s for s in steps if s["forward_ns"] is not None]
+    graph_steps = sum(1 for s in model_steps if s["cuda_graph"])
+    assert ranges["step"] == len(steps) and ranges["schedule"] == len(steps)
+    assert ranges["prepare_inputs"] == ranges["sample"] == len(model_steps)
+    assert ranges.get("forward (graph)", 0) == graph_steps > 0
+    assert ranges.get("forward (eager)", 0) == len(model_steps) - graph_steps
+    assert ranges["block allocate"] > 0
+
+    kernels = nsys_stats("cuda_gpu_kern_sum", tmp_path / "cap.nsys-rep")
+    assert sum(int(k["Instances"]) for k in kernels) > len(model_steps)  # the workload's kernels were captured
