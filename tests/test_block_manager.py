@@ -18,10 +18,16 @@ def computed(bm: BlockManager, s: Sequence) -> None:
     bm.cache_full_blocks(s)
 
 
+def recorder(hooks: Hooks) -> list:
+    """Every BlockOp the 'block' hook delivers (after the owner calls flush_ops)."""
+    ops: list = []
+    hooks.subscribe(lambda p, ph, t, f: ops.extend(f["ops"]), ("block",))
+    return ops
+
+
 def test_allocate_free_and_prefix_hit_share_physical_blocks():
-    events = []
     hooks = Hooks()
-    hooks.subscribe(lambda p, ph, t, f: events.append(f), ("block",))
+    events = recorder(hooks)
     bm = BlockManager(num_blocks=8, block_size=4, hooks=hooks)
     a = seq("a", list(range(10)))  # 2 full blocks + 2 tokens
     assert bm.allocate(a, 10)
@@ -37,9 +43,14 @@ def test_allocate_free_and_prefix_hit_share_physical_blocks():
     bm.free(a)
     bm.free(b)
     assert bm.num_used_blocks == 0 and bm.num_cached_blocks == 2
-    assert [e["op"] for e in events] == ["allocate", "stored", "hit", "append", "free", "free"]
+    assert events == [] and len(bm.pending_ops) == 6  # recorded, not yet handed over
+    bm.flush_ops()
+    assert [e.op for e in events] == ["allocate", "stored", "hit", "append", "free", "free"] and not bm.pending_ops
     stored = events[1]
-    assert stored["token_ids"] == [(0, 1, 2, 3), (4, 5, 6, 7)] and stored["parent_block_hash"] is None
+    assert stored.token_ids == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    assert stored.parent_hashes == [None, a.block_hashes[0]] and stored.block_hashes == a.block_hashes[:2]
+    assert [e.t_ns for e in events] == sorted(e.t_ns for e in events)
+    assert events[0].num_used == 3 and events[-1].num_used == 0 and events[-1].ref_counts == [0, 0, 0]
 
 
 def test_never_a_full_hit():
@@ -55,9 +66,8 @@ def test_never_a_full_hit():
 
 
 def test_eviction_is_lru_and_tail_first():
-    events = []
     hooks = Hooks()
-    hooks.subscribe(lambda p, ph, t, f: events.append(f), ("block",))
+    events = recorder(hooks)
     bm = BlockManager(num_blocks=4, block_size=2, hooks=hooks)
     a = seq("a", [1, 2, 3, 4])
     bm.allocate(a, 4)
@@ -66,7 +76,8 @@ def test_eviction_is_lru_and_tail_first():
     bm.free(a)  # cached and free: the tail block is queued first, so it is evicted first
     b = seq("b", [9, 9, 9, 9, 9, 9])
     assert bm.allocate(b, 6)  # 3 blocks: 2 never-used blocks, then the LRU cached one
-    evicted = [e["block_ids"][0] for e in events if e["op"] == "evict"]
+    bm.flush_ops()
+    evicted = [e.block_ids[0] for e in events if e.op == "evict"]
     assert evicted == [second]
     assert bm.num_cached_blocks == 1 and bm.cached[a.block_hashes[0]] == first
 
@@ -82,9 +93,8 @@ def test_hash_collision_is_caught_by_token_check():
 
 
 def test_no_room_means_no_change_and_reset():
-    events = []
     hooks = Hooks()
-    hooks.subscribe(lambda p, ph, t, f: events.append(f["op"]), ("block",))
+    events = recorder(hooks)
     bm = BlockManager(num_blocks=2, block_size=2, hooks=hooks)
     a = seq("a", [1, 2, 3, 4, 5])
     assert not bm.allocate(a, 5)
@@ -95,7 +105,7 @@ def test_no_room_means_no_change_and_reset():
     assert not bm.reset_prefix_cache()  # a block is held
     bm.free(b)
     assert bm.reset_prefix_cache() and bm.num_cached_blocks == 0
-    assert events[-1] == "reset"
+    assert [e.op for e in events] == ["allocate", "stored", "free", "reset"]  # reset hands its ops over itself
 
 
 def test_hooks_cost_nothing_without_subscribers_and_unsubscribe_cleanly():

@@ -66,20 +66,24 @@ class InvariantChecker:
             self.steps += 1
         if point != "block":
             return
-        assert all(r >= 0 for r in fields["ref_counts"])
         bm = self.engine.block_manager
-        assert fields["num_free"] + fields["num_used"] == bm.num_blocks
-        op = fields["op"]
-        if op in ("allocate", "append"):
-            self.allocated += len(fields["block_ids"])
-        if op == "hit":
+        for o in fields["ops"]:  # the ops of this step so far, handed over after scheduling and at step end
+            self.check_op(bm, o)
+
+    def check_op(self, bm, o) -> None:
+        assert all(r >= 0 for r in o.ref_counts)
+        assert o.num_free + o.num_used == bm.num_blocks
+        if o.op in ("allocate", "append"):
+            self.allocated += len(o.block_ids)
+        if o.op == "hit":
             self.hits += 1
-            seq = self.engine.requests[fields["request_id"]]
+            seq = self.engine.requests[o.request_id]
             # the hit blocks are exactly the cached blocks of this prompt's leading block hashes
-            hashes = seq.block_hashes[: len(fields["block_ids"])]
-            assert fields["block_hashes"] == hashes
-            assert [bm.cached[h] for h in hashes] == fields["block_ids"]
-            assert seq.num_computed_tokens == 0  # hits are taken before any compute of this admission
+            hashes = seq.block_hashes[: len(o.block_ids)]
+            assert o.block_hashes == hashes
+            assert [bm.cached[h] for h in hashes] == o.block_ids
+            # hits are taken before any compute of this admission: after scheduling, the hit is all it has
+            assert seq.num_computed_tokens == seq.num_cached_tokens == len(o.block_ids) * bm.block_size
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

@@ -53,7 +53,7 @@ def test_nvtx_ranges_reach_nsys_one_per_step_and_stage(tmp_path):
     assert ranges["prepare_inputs"] == ranges["sample"] == len(model_steps)
     assert ranges.get("forward (graph)", 0) == graph_steps > 0
     assert ranges.get("forward (eager)", 0) == len(model_steps) - graph_steps
-    assert ranges["block allocate"] > 0
+    assert ranges["block allocate"] >= 8 and ranges["block free"] >= 8  # one per request at least
 
     kernels = nsys_stats("cuda_gpu_kern_sum", tmp_path / "cap.nsys-rep")
     assert sum(int(k["Instances"]) for k in kernels) > len(model_steps)  # the workload's kernels were captured

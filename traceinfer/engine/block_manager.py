@@ -5,16 +5,21 @@ prefix cache under a hash chained over every full block before it (``hash((paren
 a later request whose prompt starts with the same tokens reuses those physical blocks. Freed
 blocks stay cached in an LRU free queue until a fresh allocation needs them (eviction).
 
-Every operation is reported through ``hooks.block`` with op in {allocate, append, hit, stored,
-free, preempt, evict, reset}; names of the stored/evicted/reset events align with vLLM's KV
-events (BlockStored, BlockRemoved, AllBlocksCleared).
+While ``hooks.block`` has a subscriber, every operation (allocate, append, hit, stored, free, preempt,
+evict, reset; stored/evict/reset align with vLLM's KV events BlockStored, BlockRemoved and
+AllBlocksCleared) is recorded as one BlockOp tuple, and ``flush_ops()`` hands the ops recorded so far
+to the hook in one call; the engine calls it after scheduling and at the end of each step, so a
+decode step with blocks filling in 16 of 256 sequences costs two hook calls, not 32. Calls that do
+real work (not the decode fast paths) run inside a ``hooks.block_manager`` span, for NVTX ranges.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from traceinfer.engine.hooks import Hooks
 from traceinfer.engine.sequence import Sequence
@@ -27,6 +32,25 @@ class Block:
     hash: int | None = None  # set while the block is published in the prefix cache
     parent_hash: int | None = None
     token_ids: tuple[int, ...] | None = None  # checked on every hit: a hash match alone is not trusted
+
+
+class BlockOp(NamedTuple):
+    """One block operation, as ``hooks.block`` delivers them (``fields["ops"]``); lists are in block order."""
+
+    t_ns: int  # time.perf_counter_ns() of the operation
+    op: str  # allocate | append | hit | stored | free | preempt | evict | reset
+    request_id: str | None  # None for evict and reset
+    block_ids: list[int]  # free/preempt: in release order
+    block_hashes: list[int | None]  # prefix-cache hash of each block (None: not cached)
+    ref_counts: list[int]  # after the op
+    num_free: int  # free blocks after the op, cached evictable ones included
+    num_used: int  # blocks held by requests after the op
+    num_cached: int  # blocks in the prefix cache after the op
+    parent_hashes: list[int | None] | None  # stored: each block's parent hash (None at the chain root)
+    token_ids: list[tuple[int, ...]] | None  # stored: each block's tokens
+
+
+_new_op = tuple.__new__
 
 
 class BlockManager:
@@ -42,6 +66,7 @@ class BlockManager:
         self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.cached: dict[int, int] = {}  # block hash -> block id
         self._table_versions = itertools.count(1)
+        self.pending_ops: list[BlockOp] = []  # recorded while hooks.block has a subscriber, until flush_ops
 
     # -- counts ----------------------------------------------------------------------------
     @property
@@ -97,24 +122,23 @@ class BlockManager:
         n_full = min(seq.num_computed_tokens // bs, len(seq.block_table))
         if n_full <= seq.num_stored_blocks:
             return
-        hashes = self.block_hashes(seq)
-        stored: list[int] = []
-        for i in range(seq.num_stored_blocks, n_full):
-            block = self.blocks[seq.block_table[i]]
-            h = hashes[i]
-            if block.hash is None and h not in self.cached:
-                block.hash, block.parent_hash = h, hashes[i - 1] if i else None
-                block.token_ids = tuple(seq.token_ids[i * bs : (i + 1) * bs])
-                self.cached[h] = block.block_id
-                stored.append(block.block_id)
-        first = seq.num_stored_blocks
-        seq.num_stored_blocks = n_full
-        if stored and self.hooks.block:
-            self._emit(
-                "stored", seq.request_id, stored,
-                parent_block_hash=self.blocks[stored[0]].parent_hash,
-                token_ids=[self.blocks[b].token_ids for b in stored], first_block_index=first,
-            )  # fmt: skip
+        with self.hooks.block_manager.span(call="cache_full_blocks", request_id=seq.request_id):
+            hashes = self.block_hashes(seq)
+            stored: list[Block] = []
+            for i in range(seq.num_stored_blocks, n_full):
+                block = self.blocks[seq.block_table[i]]
+                h = hashes[i]
+                if block.hash is None and h not in self.cached:
+                    block.hash, block.parent_hash = h, hashes[i - 1] if i else None
+                    block.token_ids = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+                    self.cached[h] = block.block_id
+                    stored.append(block)
+            seq.num_stored_blocks = n_full
+            if stored and self.hooks.block:
+                self._record(
+                    "stored", seq.request_id, [b.block_id for b in stored],
+                    parent_hashes=[b.parent_hash for b in stored], token_ids=[b.token_ids for b in stored],
+                )  # fmt: skip
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached block; only possible while no request holds a block."""
@@ -124,7 +148,8 @@ class BlockManager:
             block.hash = block.parent_hash = block.token_ids = None
         self.cached.clear()
         if self.hooks.block:
-            self._emit("reset", None, [])
+            self._record("reset", None, [])
+            self.flush_ops()
         return True
 
     # -- allocation ------------------------------------------------------------------------
@@ -145,6 +170,11 @@ class BlockManager:
             return True  # the common decode step: the last block still has room
         if not self.can_allocate(seq, num_new_tokens, cached_prefix):
             return False
+        with self.hooks.block_manager.span(call="allocate", request_id=seq.request_id):
+            self._allocate(seq, num_new_tokens, cached_prefix)
+        return True
+
+    def _allocate(self, seq: Sequence, num_new_tokens: int, cached_prefix: list[int]) -> None:
         first_allocation = not seq.block_table
         if cached_prefix:
             for block_id in cached_prefix:
@@ -155,7 +185,7 @@ class BlockManager:
             seq.block_table.extend(cached_prefix)
             seq.num_stored_blocks = len(cached_prefix)
             if self.hooks.block:
-                self._emit("hit", seq.request_id, list(cached_prefix))
+                self._record("hit", seq.request_id, list(cached_prefix))
         num_tokens = seq.num_computed_tokens + len(cached_prefix) * self.block_size + num_new_tokens
         fresh = [self._pop_free() for _ in range(self.blocks_for(num_tokens) - len(seq.block_table))]
         for block_id in fresh:
@@ -163,8 +193,7 @@ class BlockManager:
         seq.block_table.extend(fresh)
         seq.block_table_version = next(self._table_versions)
         if fresh and self.hooks.block:
-            self._emit("allocate" if first_allocation and not cached_prefix else "append", seq.request_id, fresh)
-        return True
+            self._record("allocate" if first_allocation and not cached_prefix else "append", seq.request_id, fresh)
 
     def _pop_free(self) -> int:
         block_id, _ = self.free_queue.popitem(last=False)
@@ -175,12 +204,16 @@ class BlockManager:
                 del self.cached[evicted]
             block.hash = block.parent_hash = block.token_ids = None
             if self.hooks.block:
-                self._emit("evict", None, [block_id], block_hashes=[evicted])
+                self._record("evict", None, [block_id], block_hashes=[evicted])
         return block_id
 
     def free(self, seq: Sequence, op: str = "free") -> None:
         """Drop ``seq``'s references; blocks reaching zero go to the free queue (tail first, so a
         sequence's last blocks are evicted before its first ones; uncached blocks are reused first)."""
+        with self.hooks.block_manager.span(call=op, request_id=seq.request_id):
+            self._free(seq, op)
+
+    def _free(self, seq: Sequence, op: str) -> None:
         freed = list(reversed(seq.block_table))
         for block_id in freed:
             block = self.blocks[block_id]
@@ -195,19 +228,22 @@ class BlockManager:
         seq.block_table_version = next(self._table_versions)
         seq.num_stored_blocks = 0
         if freed and self.hooks.block:
-            self._emit(op, seq.request_id, freed)
+            self._record(op, seq.request_id, freed)
 
     # -- events ----------------------------------------------------------------------------
-    def _emit(self, op: str, request_id: str | None, block_ids: list[int], block_hashes=None, **extra) -> None:
-        blocks = [self.blocks[b] for b in block_ids]
-        self.hooks.block.emit(
-            op=op,
-            request_id=request_id,
-            block_ids=block_ids,
-            block_hashes=block_hashes if block_hashes is not None else [b.hash for b in blocks],
-            ref_counts=[b.ref_count for b in blocks],
-            num_free=self.num_free_blocks,
-            num_used=self.num_used_blocks,
-            num_cached=self.num_cached_blocks,
-            **extra,
-        )
+    def _record(self, op: str, request_id: str | None, block_ids: list[int], block_hashes=None,
+                parent_hashes=None, token_ids=None) -> None:  # fmt: skip
+        blocks = self.blocks
+        free = len(self.free_queue)
+        self.pending_ops.append(_new_op(BlockOp, (  # tuple.__new__: half the cost of BlockOp(...)
+            time.perf_counter_ns(), op, request_id, block_ids,
+            block_hashes if block_hashes is not None else [blocks[b].hash for b in block_ids],
+            [blocks[b].ref_count for b in block_ids],
+            free, self.num_blocks - free, len(self.cached), parent_hashes, token_ids,
+        )))  # fmt: skip
+
+    def flush_ops(self) -> None:
+        """Hand the ops recorded since the last call to ``hooks.block`` as one event (``ops``: list of BlockOp)."""
+        if self.pending_ops:
+            ops, self.pending_ops = self.pending_ops, []
+            self.hooks.block.emit(ops=ops)

@@ -25,7 +25,8 @@ HOOK_POINTS: tuple[str, ...] = (
     "add_request",  # i: request_id, prompt_len, max_tokens, priority, arrival_ns
     "step",  # span: step
     "schedule",  # span: step; end carries the scheduled batch summary
-    "block",  # i: op, request_id, block_ids, block_hashes, ref_counts, free/used/cached
+    "block_manager",  # span around a block-manager call that does work: call, request_id
+    "block",  # i: ops (list of block_manager.BlockOp), flushed after scheduling and at the end of a step
     "preempt",  # i: request_id, num_computed_tokens, blocks_freed
     "prepare_inputs",  # span: num_seqs, num_tokens
     "forward",  # span: num_tokens, cuda_graph

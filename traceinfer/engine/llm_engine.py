@@ -159,6 +159,7 @@ class LLMEngine:
         if seq is None or seq.is_finished:
             return None
         self.scheduler.remove(seq)
+        self.block_manager.flush_ops()
         return self._finish(seq, FinishReason.ABORTED)
 
     def has_unfinished(self) -> bool:
@@ -177,12 +178,14 @@ class LLMEngine:
                 out = self.scheduler.schedule()
                 if info is not None:
                     info.update(self._summary(out))
+                self.block_manager.flush_ops()
             for seq in out.failed:
                 outputs.append(self._finish(seq, FinishReason.ERROR, seq.error, already_finished=True))
             if not out.is_empty:
                 tokens = self.runner.execute(out)
                 with hooks.postprocess.span(num_seqs=len(out.scheduled)):
                     outputs.extend(self._postprocess(out.scheduled, tokens))
+            self.block_manager.flush_ops()
             if step_info is not None:
                 step_info.update(step=self.step_index, num_outputs=len(outputs))
         self.step_index += 1
@@ -209,7 +212,7 @@ class LLMEngine:
         sampled = iter(tokens)
         now = time.perf_counter_ns()
         # one 'tokens' event per step, not one per sequence: at 256 sequences a call each would cost ~1% of a step
-        emitted = ([], [], []) if self.hooks.tokens else None
+        sampled_seqs = [s.seq for s in scheduled if s.samples] if tokens and self.hooks.tokens else None
         for s in scheduled:
             seq = s.seq
             samples = s.samples
@@ -219,16 +222,15 @@ class LLMEngine:
                 continue
             token = next(sampled)
             seq.append_token(token, now)
-            if emitted is not None:
-                emitted[0].append(seq.request_id)
-                emitted[1].append(token)
-                emitted[2].append(seq.num_output_tokens - 1)
             reason = self._stop_reason(seq, token)
             if reason is not None:
                 self.scheduler.remove(seq)
                 outputs.append(self._finish(seq, reason))
-        if emitted is not None and emitted[0]:
-            self.hooks.tokens.emit(request_ids=emitted[0], token_ids=emitted[1], indices=emitted[2])
+        if sampled_seqs:
+            self.hooks.tokens.emit(
+                request_ids=[q.request_id for q in sampled_seqs], token_ids=tokens,
+                indices=[q.num_output_tokens - 1 for q in sampled_seqs],
+            )  # fmt: skip
         return outputs
 
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
@@ -281,6 +283,7 @@ class LLMEngine:
             return self.runner.forward_logits(out, all_rows=True)
         finally:
             self.block_manager.free(seq)
+            self.block_manager.flush_ops()
 
 
 class LLM:

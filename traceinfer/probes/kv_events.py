@@ -41,10 +41,10 @@ class KVEventProbe(Probe):
 
     def __init__(self, ctx: ProbeContext) -> None:
         super().__init__(ctx)
-        self._append = ctx.writer.stream("kv_events").rows.append
+        rows = ctx.writer.stream("kv_events").rows
+        self._append, self._extend = rows.append, rows.extend
         self._steps = ctx.steps
-        self._blocks = ctx.engine.block_manager.blocks
-        self.counts: dict[str, int] = {}
+        self.num_ops = 0
 
     def start(self) -> None:
         import time
@@ -59,17 +59,15 @@ class KVEventProbe(Probe):
         return {"block": self._on_block}
 
     def _on_block(self, point: str, phase: str, t: int, f: dict) -> None:
-        op = f["op"]
-        parents = token_ids = None
-        if op == "stored":
-            blocks = self._blocks  # per-block parents: the event names only the first block's
-            parents = [blocks[b].parent_hash for b in f["block_ids"]]
-            token_ids = f.get("token_ids")
-        self._append(
-            (t, self._steps.step, op, VLLM_EVENTS.get(op), f["request_id"], f["block_ids"], f["block_hashes"],
-             parents, f["ref_counts"], token_ids, f["num_free"], f["num_used"], f["num_cached"], None)
+        """One row per op; the engine hands the ops over after scheduling and at the end of each step."""
+        step = self._steps.step
+        ops = f["ops"]
+        self._extend(
+            (o.t_ns, step, o.op, VLLM_EVENTS.get(o.op), o.request_id, o.block_ids, o.block_hashes, o.parent_hashes,
+             o.ref_counts, o.token_ids, o.num_free, o.num_used, o.num_cached, None)
+            for o in ops
         )  # fmt: skip
-        self.counts[op] = self.counts.get(op, 0) + 1
+        self.num_ops += len(ops)
 
     def info(self) -> dict:
-        return {**super().info(), "ops": dict(self.counts)}
+        return {**super().info(), "ops": self.num_ops}

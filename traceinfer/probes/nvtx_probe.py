@@ -9,7 +9,8 @@ Each stage gets a range with a colour, a category and an integer payload:
     forward          runner          query tokens   (message says "graph" or "eager")
     sample           runner          sequences sampled
     postprocess      engine          sequences
-    block <op>       block_manager   blocks         (a mark: the engine reports block ops as instants)
+    block <call>     block_manager   -              allocate, free, preempt, cache_full_blocks (calls that
+                                                    do work; the decode fast paths get no range)
     preempt          scheduler       computed tokens dropped (a mark)
     layer <i>        layer           -              (optional; eager forwards only)
 
@@ -80,7 +81,7 @@ class NvtxProbe(Probe):
         if self._domain is None or not self.profiler_attached:
             return {}
         subs: dict[str, Callable] = {stage: self._range(stage) for stage in STAGES}
-        subs["block"] = self._on_block
+        subs["block_manager"] = self._on_block_manager
         subs["preempt"] = self._on_preempt
         return subs
 
@@ -102,15 +103,17 @@ class NvtxProbe(Probe):
 
         return on_stage
 
-    def _on_block(self, point: str, phase: str, t: int, fields: dict) -> None:
-        op = fields["op"]
-        attrs = self._block_attrs.get(op, False)
-        if attrs is False:
-            attrs = self._block_attrs[op] = self._domain.get_event_attributes(
-                message=f"block {op}", color=BLOCK_COLOR, category="block_manager"
+    def _on_block_manager(self, point: str, phase: str, t: int, fields: dict) -> None:
+        if phase == "E":
+            self._domain.pop_range()
+            return
+        call = fields["call"]
+        attrs = self._block_attrs.get(call)
+        if attrs is None:
+            attrs = self._block_attrs[call] = self._domain.get_event_attributes(
+                message=f"block {call}", color=BLOCK_COLOR, category="block_manager"
             )
-        attrs.payload = len(fields["block_ids"])
-        self._domain.mark(attrs)
+        self._domain.push_range(attrs)
 
     def _on_preempt(self, point: str, phase: str, t: int, fields: dict) -> None:
         attrs = self._attrs["preempt"]

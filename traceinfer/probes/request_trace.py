@@ -50,10 +50,11 @@ class RequestTraceProbe(Probe):
         self._event(f.get("arrival_ns", t), rid, "arrival", prompt_len=f.get("prompt_len"), max_tokens=f.get("max_tokens"))
 
     def _on_block(self, point: str, phase: str, t: int, f: dict) -> None:
-        op = f["op"]
-        if (op == "allocate" or op == "hit") and f["request_id"] in self._known:
-            cached = len(f["block_ids"]) * self._block_size if op == "hit" else 0
-            self._event(t, f["request_id"], "scheduled", cached_tokens=cached)
+        known = self._known
+        for o in f["ops"]:
+            if (o.op == "allocate" or o.op == "hit") and o.request_id in known:
+                cached = len(o.block_ids) * self._block_size if o.op == "hit" else 0
+                self._event(o.t_ns, o.request_id, "scheduled", cached_tokens=cached)
 
     def _on_preempt(self, point: str, phase: str, t: int, f: dict) -> None:
         self._event(t, f["request_id"], "preempted", num_computed_tokens=f.get("num_computed_tokens"))
