@@ -2,7 +2,8 @@
 
 The first row is a 'snapshot' of the block manager when the probe attached (free queue order,
 reference counts, hashes, tokens of cached blocks), so that the log replays exactly even though the
-engine ran (warm-up) before. Ops and their vLLM KV event names where they overlap:
+engine ran (warm-up) before. Then one packed row per hand-over of ops (the engine hands them over
+after scheduling and at the end of each step); ``iter_stream`` expands it to one row per op. Ops and their vLLM KV event names where they overlap:
 
     stored -> BlockStored      evict -> BlockRemoved      reset -> AllBlocksCleared
     allocate, append, hit, free, preempt: no vLLM event (vLLM reports them only as counters)
@@ -41,8 +42,7 @@ class KVEventProbe(Probe):
 
     def __init__(self, ctx: ProbeContext) -> None:
         super().__init__(ctx)
-        rows = ctx.writer.stream("kv_events").rows
-        self._append, self._extend = rows.append, rows.extend
+        self._append = ctx.writer.stream("kv_events").rows.append
         self._steps = ctx.steps
         self.num_ops = 0
 
@@ -59,14 +59,12 @@ class KVEventProbe(Probe):
         return {"block": self._on_block}
 
     def _on_block(self, point: str, phase: str, t: int, f: dict) -> None:
-        """One row per op; the engine hands the ops over after scheduling and at the end of each step."""
-        step = self._steps.step
+        """One packed row per hand-over of ops (readers expand it to one row per op): a transpose in C
+        instead of a tuple per op."""
         ops = f["ops"]
-        self._extend(
-            (o.t_ns, step, o.op, VLLM_EVENTS.get(o.op), o.request_id, o.block_ids, o.block_hashes, o.parent_hashes,
-             o.ref_counts, o.token_ids, o.num_free, o.num_used, o.num_cached, None)
-            for o in ops
-        )  # fmt: skip
+        t_ns, op, rid, ids, hashes, refs, free, used, cached, parents, tokens = zip(*ops)
+        vllm = [VLLM_EVENTS.get(o) for o in op]
+        self._append((list(t_ns), self._steps.step, op, vllm, rid, ids, hashes, parents, refs, tokens, free, used, cached, None))
         self.num_ops += len(ops)
 
     def info(self) -> dict:
