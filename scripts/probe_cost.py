@@ -10,7 +10,9 @@ flush=S sets ProbeOptions.flush_interval_s (60: nothing is written during the ti
 sets sys.setswitchinterval for the run (the GIL hand-over interval, 0.005 by default). Variants run in
 rotated order each round on one engine (prefix cache emptied before each run); the table gives each
 variant's median output tok/s, its cost against the median of 'off', and the CPU seconds of the main
-thread and of the probes' own threads. Not a test: a measuring tool for docs/benchmarks.md.
+thread and of the probes' own threads. A second table pairs steps: every run schedules the same steps,
+so the median over steps of (step time - off's step time) measures a variant's cost per step without
+the run-to-run drift of whole-run throughput. Not a test: a measuring tool for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import threading
@@ -45,6 +48,23 @@ def parse_variant(text: str) -> tuple[str, dict, float | None]:
     return probes, options, switch
 
 
+def timed_step(engine, out: list[int]):
+    """engine.step, recording each step's wall time in ns into ``out`` (two clock reads per step)."""
+    step, clock = type(engine).step.__get__(engine), time.perf_counter_ns
+
+    def run():
+        t = clock()
+        result = step()
+        out.append(clock() - t)
+        return result
+
+    return run
+
+
+def per_step_median(runs: list[dict]) -> list[float]:
+    return [statistics.median(column) for column in zip(*(r["step_ns"] for r in runs))]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="+")
@@ -52,6 +72,8 @@ def main() -> int:
     parser.add_argument("--num-requests", type=int, default=256)
     parser.add_argument("--model", default=None, help="default: bench's (synthetic:qwen3-0.6b on CUDA)")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--full-warmup", action="store_true", help="one untimed run of the whole workload first")
+    parser.add_argument("--pin", action="store_true", help="pin the engine thread to one core during timed runs")
     args = parser.parse_args()
 
     llm = LLM(args.model or (CUDA_MODEL if torch.cuda.is_available() else None))
@@ -60,6 +82,10 @@ def main() -> int:
     spec = dataclasses.replace(CUDA_WORKLOAD if cuda else CPU_WORKLOAD, num_requests=args.num_requests)
     prompts, params = make_workload(spec)
     llm.generate(prompts, [dataclasses.replace(p, max_tokens=min(p.max_tokens, 4)) for p in params])
+    if args.full_warmup:  # the whole workload once, untimed: the first full run is slower than the rest
+        engine.block_manager.reset_prefix_cache()
+        llm.generate(prompts, params)
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     main_thread = threading.main_thread()
     assert threading.current_thread() is main_thread
 
@@ -75,6 +101,10 @@ def main() -> int:
                 sys.setswitchinterval(switch)
             session = attach(engine, probes, None, ProbeOptions(**options))
             steps0 = engine.step_index
+            step_ns: list[int] = []
+            engine.step = timed_step(engine, step_ns)
+            if args.pin and cores:  # this thread only (probe threads and processes keep every core)
+                os.sched_setaffinity(0, {cores[-1]})
             try:
                 synchronize(engine.device)
                 cpu0, start = time.thread_time(), time.perf_counter()
@@ -82,6 +112,9 @@ def main() -> int:
                 synchronize(engine.device)
                 seconds, main_cpu = time.perf_counter() - start, time.thread_time() - cpu0
             finally:
+                if args.pin and cores:
+                    os.sched_setaffinity(0, set(cores))
+                del engine.step
                 manifest = session.close()
                 sys.setswitchinterval(old_switch)
             tokens = sum(len(o.token_ids) for o in outputs)
@@ -89,7 +122,7 @@ def main() -> int:
             results[variant].append({
                 "tok_s": tokens / seconds, "seconds": seconds, "steps": engine.step_index - steps0,
                 "main_cpu_s": main_cpu, "flusher_cpu_s": cost.get("flusher_cpu_s", 0.0),
-                "probe_threads_cpu_s": cost.get("probe_threads_cpu_s", 0.0),
+                "probe_threads_cpu_s": cost.get("probe_threads_cpu_s", 0.0), "step_ns": step_ns,
             })  # fmt: skip
             print(f"round {r} {variant:28s} {tokens / seconds:10,.1f} tok/s  {seconds:6.2f} s", flush=True)
 
@@ -102,6 +135,15 @@ def main() -> int:
         row = {k: statistics.median(x[k] for x in runs) for k in ("main_cpu_s", "flusher_cpu_s", "probe_threads_cpu_s")}
         print(f"{variant:28s} {med:12,.1f} {cost:>7s} {row['main_cpu_s']:10.3f} {row['flusher_cpu_s']:9.3f} "
               f"{row['probe_threads_cpu_s']:9.3f}  " + ", ".join(f"{x['tok_s']:,.0f}" for x in runs))  # fmt: skip
+    if "off" in results:
+        # the schedule is the same in every run, so step i of one run is step i of another: the median over
+        # steps of (this variant's step time - off's), both medians over rounds, is robust to run-to-run drift
+        off_steps = per_step_median(results["off"])
+        print(f"\n{'variant':28s} {'median step delta us':>20s} {'sum of deltas % of off':>22s}")
+        for variant, runs in results.items():
+            steps = per_step_median(runs)
+            deltas = [a - b for a, b in zip(steps, off_steps)]
+            print(f"{variant:28s} {statistics.median(deltas) / 1e3:20.1f} {100 * sum(deltas) / sum(off_steps):22.2f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": str(engine.device), "rounds": args.rounds, "results": results}, fh, indent=1)
