@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,7 +24,9 @@ from traceinfer.probes import PRESETS, PROBES, ProbeOptions, attach, read_manife
 from traceinfer.probes.kv_events import block_manager_state
 from traceinfer.probes.encoder import ROWS_PER_LINE
 from traceinfer.probes.rundir import STREAMS, RunWriter, iter_stream
-from traceinfer.probes.sampler_process import GpuReader
+from traceinfer.probes import sampler_process
+from traceinfer.probes.sampler_process import GpuReader, HostReader
+from traceinfer.probes.samplers import StepCell
 from traceinfer.reports import kv_analysis, request_analysis
 from traceinfer.reports.frames import load_frame
 from traceinfer.reports.perfetto import build_trace, write_trace
@@ -276,6 +279,51 @@ def test_samplers_and_threads_record_and_absent_hardware_is_absent(make_llm, tmp
     cpu = [s["cpu_ns"] for s in main]
     assert all(b >= a for a, b in itertools.pairwise(cpu))
     assert all(";" not in frame for s in samples for frame in [s["stack"].split(";")[-1]])
+
+
+def test_host_reader_rows_follow_the_stream_schema():
+    psutil = pytest.importorskip("psutil")
+    reader = HostReader(psutil, os.getpid())
+    reader.read(time.perf_counter_ns())
+    time.sleep(0.01)
+    row = dict(zip(STREAMS["host_samples"].names[2:], reader.read(time.perf_counter_ns())))
+    assert len(row) == len(STREAMS["host_samples"].names) - 2
+    assert row["rss_bytes"] > 0 and row["num_threads"] >= 1 and row["cpu_percent"] >= 0 and row["cpu_user_s"] > 0
+
+
+def test_the_sampler_process_ends_when_the_engine_process_dies(tmp_path):
+    """The engine's process spawns the sampler and dies without a word: end of stdin ends the sampler."""
+    pytest.importorskip("psutil")
+    cell = StepCell()
+    code = f"""
+import subprocess, sys, time, os
+proc = subprocess.Popen([sys.executable, "-I", {sampler_process.__file__!r}, "--run-dir", {str(tmp_path)!r},
+    "--pid", str(os.getpid()), "--hz", "200", "--step-file", {cell.path!r}], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+proc.stdout.readline()
+proc.stdin.write(b"g"); proc.stdin.flush()
+print(proc.pid, flush=True)
+time.sleep(0.3)
+os._exit(0)
+"""
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+        pid = int(out.split()[0])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        assert not _alive(pid)
+        lines = (tmp_path / "host_samples.jsonl").read_text().splitlines()
+        assert sum(len(json.loads(line)) for line in lines) >= 10  # ~60 samples in 0.3 s at 200 Hz
+    finally:
+        cell.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
 
 
 def test_gpu_reader_reports_unsupported_fields_as_null():
