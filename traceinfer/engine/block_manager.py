@@ -51,6 +51,7 @@ class BlockOp(NamedTuple):
 
 
 _new_op = tuple.__new__
+_clock = time.perf_counter_ns
 
 
 class BlockManager:
@@ -135,10 +136,14 @@ class BlockManager:
                     stored.append(block)
             seq.num_stored_blocks = n_full
             if stored and self.hooks.block:
-                self._record(
-                    "stored", seq.request_id, [b.block_id for b in stored],
-                    parent_hashes=[b.parent_hash for b in stored], token_ids=[b.token_ids for b in stored],
-                )  # fmt: skip
+                if len(stored) == 1:  # decode: one block filled
+                    b = stored[0]
+                    self._record("stored", seq.request_id, [b.block_id], [b.hash], [b.parent_hash], [b.token_ids])
+                else:
+                    self._record(
+                        "stored", seq.request_id, [b.block_id for b in stored], [b.hash for b in stored],
+                        [b.parent_hash for b in stored], [b.token_ids for b in stored],
+                    )  # fmt: skip
 
     def reset_prefix_cache(self) -> bool:
         """Forget every cached block; only possible while no request holds a block."""
@@ -234,12 +239,17 @@ class BlockManager:
     def _record(self, op: str, request_id: str | None, block_ids: list[int], block_hashes=None,
                 parent_hashes=None, token_ids=None) -> None:  # fmt: skip
         blocks = self.blocks
+        if len(block_ids) == 1:  # most ops in decode: one block, no comprehension frames
+            block = blocks[block_ids[0]]
+            refs = [block.ref_count]
+            hashes = block_hashes if block_hashes is not None else [block.hash]
+        else:
+            refs = [blocks[b].ref_count for b in block_ids]
+            hashes = block_hashes if block_hashes is not None else [blocks[b].hash for b in block_ids]
         free = len(self.free_queue)
         self.pending_ops.append(_new_op(BlockOp, (  # tuple.__new__: half the cost of BlockOp(...)
-            time.perf_counter_ns(), op, request_id, block_ids,
-            block_hashes if block_hashes is not None else [blocks[b].hash for b in block_ids],
-            [blocks[b].ref_count for b in block_ids],
-            free, self.num_blocks - free, len(self.cached), parent_hashes, token_ids,
+            _clock(), op, request_id, block_ids, hashes, refs, free, self.num_blocks - free, len(self.cached),
+            parent_hashes, token_ids,
         )))  # fmt: skip
 
     def flush_ops(self) -> None:
