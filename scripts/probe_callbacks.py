@@ -29,11 +29,11 @@ def drive(engine, batch: int, steps: int) -> float:
     rids = [str(i) for i in range(batch)]
     filled = max(1, batch // 16)
     tokens = tuple(range(16))
-    summary = dict(
-        num_seqs=batch, num_prefill_seqs=0, num_decode_seqs=batch, num_batched_tokens=batch, num_prefill_tokens=0,
-        num_decode_tokens=batch, num_cached_tokens=0, token_budget=8192, num_waiting=0, num_running=batch,
-        num_preempted=0, num_free_blocks=1000,
-    )  # fmt: skip
+    summary = {
+        "num_seqs": batch, "num_prefill_seqs": 0, "num_decode_seqs": batch, "num_batched_tokens": batch,
+        "num_prefill_tokens": 0, "num_decode_tokens": batch, "num_cached_tokens": 0, "token_budget": 8192,
+        "num_waiting": 0, "num_running": batch, "num_preempted": 0, "num_free_blocks": 1000,
+    }  # fmt: skip
     t0 = time.perf_counter_ns()
     for i in range(steps):
         with hooks.step.span(step=i) as step_info:

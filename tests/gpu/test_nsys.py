@@ -40,7 +40,7 @@ def test_nvtx_ranges_reach_nsys_one_per_step_and_stage(tmp_path):
         sys.executable, "-m", "traceinfer.cli", "profile", "--workload", "chatbot", "--model", "synthetic:tiny",
         "--num-requests", "8", "--probes", "nvtx,steps", "--no-baseline", "--out", str(run),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     nvtx = read_manifest(run)["probes"]["details"]["nvtx"]
     assert nvtx["profiler_attached"] and nvtx["ranges"] and nvtx["cuda_profiler_range"]

@@ -14,8 +14,9 @@ them with ``if hooks.point:``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Callable, Literal
+from typing import Literal
 
 Phase = Literal["B", "E", "i"]
 Subscriber = Callable[[str, Phase, int, dict], None]
@@ -42,7 +43,7 @@ _NULL_SPAN = nullcontext()
 class HookPoint:
     """One named point; holds its subscribers."""
 
-    __slots__ = ("name", "_subscribers")
+    __slots__ = ("_subscribers", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name

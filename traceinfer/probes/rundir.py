@@ -168,7 +168,7 @@ STREAMS: dict[str, StreamSchema] = {
             },
             # one packed row per hand-over (after scheduling, at step end): the ops of that part of the step
             packed=("t_ns", "op", "vllm_event", "request_id", "block_ids", "block_hashes", "parent_block_hashes",
-                    "ref_counts", "token_ids", "num_free", "num_used", "num_cached"),  # fmt: skip
+                    "ref_counts", "token_ids", "num_free", "num_used", "num_cached"),
         ),
         StreamSchema(
             "gc",
