@@ -9,8 +9,8 @@ another core. Stdlib only, so the child starts in milliseconds without importing
 Pipe protocol: frames of a 4-byte big-endian length and ``pickle.dumps((file_name, payload))``; the
 payload is a list of rows, or a str already encoded (rows pickle cannot carry). Not ``marshal``,
 though it is faster still: it writes any object with a buffer, numpy scalars included, as raw bytes.
-At end of input the child writes what it has, prints one JSON object (frames, rows, its CPU seconds)
-on stdout and exits. It ignores SIGINT: after a Ctrl-C the parent still closes the run and the child
+Once started it prints ``{"ready": true}``; at end of input it writes what it has, prints one JSON
+object (frames, rows, its CPU seconds) on stdout and exits. It ignores SIGINT: after a Ctrl-C the parent still closes the run and the child
 writes every frame it was sent; if the parent dies, the pipe's end of file tells the child to finish.
 
     python encoder.py RUN_DIR        (started by traceinfer.probes.rundir.RunWriter)
@@ -92,6 +92,7 @@ def main(argv: list[str]) -> int:
         print("usage: python encoder.py RUN_DIR", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the run ends
+    print(json.dumps({"ready": True}), flush=True)  # started: the parent need not bill our start-up to its run
     report = serve(argv[1], sys.stdin.buffer)
     print(json.dumps(report), flush=True)
     return 0

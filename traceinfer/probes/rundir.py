@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -53,6 +54,7 @@ MEMORY_SNAPSHOT = "memory_snapshot.pickle"
 # pipe write after each releases it: an engine thread waiting for the GIL gets it within one chunk, not
 # after a whole flush. (Sleeping between chunks as well measured worse: each hand-over costs a wake-up.)
 SEND_ROWS = 256
+START_TIMEOUT_S = 60.0  # the encoder process starts in tens of milliseconds; a loaded machine may be slow
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,11 @@ class EncoderProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
         self.report: dict = {}
+        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT_S)  # started before the run is timed
+        if not ready or not self.proc.stdout.readline():
+            self.proc.kill()
+            self.proc.communicate()
+            raise OSError(f"the encoder process did not start within {START_TIMEOUT_S:.0f} s")
 
     def send(self, file_name: str, batch: list) -> None:
         """Hand ``batch`` over; blocks (without the GIL) only while the pipe is full. OSError if it died."""
