@@ -82,7 +82,8 @@ def test_profile_writes_a_complete_run_directory(tmp_path, capsys):
     o = m["overhead"]
     assert o["throughput_ratio"] == pytest.approx(o["probed_output_tok_s"] / o["baseline_output_tok_s"])
     assert o["probed_output_tok_s"] == m["results"]["output_tok_s"]
-    assert m["command"][:2] == ["traceinfer", "profile"]
+    assert m["command"][:2] == ["traceinfer", "profile"] and m["warmup"] == "workload"
+    assert "warm-up: the workload once" in printed
     for name in ("steps", "requests", "tokens", "kv_events", "gc", "host_samples", "thread_samples"):
         assert name in m["streams"], name
     assert len(read_stream(out, "tokens")) == m["results"]["output_tokens"]
@@ -101,7 +102,7 @@ def test_profile_rejects_an_unknown_probe_before_loading_a_model(tmp_path, capsy
 def test_sigint_leaves_a_readable_run_directory(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "traceinfer.profile", "--workload", "chatbot", "--num-requests", "256",
-           "--probes", "default", "--out", str(out), "--num-kv-blocks", "512", "--no-baseline"]  # fmt: skip
+           "--probes", "default", "--out", str(out), "--num-kv-blocks", "512", "--no-baseline", "--no-warmup"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

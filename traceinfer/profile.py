@@ -2,10 +2,11 @@
 
     traceinfer profile --workload chatbot|bench [--model M] [--probes off|default|all|LIST] [--out DIR]
 
-Stages: build the engine and warm it up -> attach the probes -> run the workload -> close the probes
-(final manifest) -> merge the streams into trace.json -> run the same workload again with probes
-off, on the same warm engine, and record the measured overhead in the manifest. Ctrl-C at any point
-of the probed run still leaves a readable run directory, marked "interrupted".
+Stages: build the engine and warm it up (the workload once, unless --no-warmup) -> attach the probes
+-> run the workload -> close the probes (final manifest) -> merge the streams into trace.json -> run
+the same workload again with probes off, on the same warm engine, and record the measured overhead
+in the manifest. Ctrl-C at any point of the probed run still leaves a readable run directory, marked
+"interrupted" (during the warm-up there is no run directory yet: it exits with 130).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--memory-snapshot", action="store_true", help="write a torch.cuda.memory snapshot (CUDA)")
     p.add_argument("--no-cuda-profiler-range", dest="cuda_profiler_range", action="store_false",
                    help="do not call torch.cuda.profiler.start/stop around the workload")  # fmt: skip
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the workload once, unprobed and untimed, before the profiled run (default); "
+                        "--no-warmup profiles a cold engine (Triton compiles, allocator growth)")  # fmt: skip
     p.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                    help="after the probed run, run the workload again with probes off to measure their overhead")  # fmt: skip
     add_engine_arguments(parser)
@@ -139,11 +143,18 @@ def run_profile(args: argparse.Namespace) -> int:
           f"({workload.prompt_tokens:,} prompt tokens, up to {workload.max_output_tokens:,} output tokens)")  # fmt: skip
     print(f"model {engine.model_label} on {engine.device} ({str(engine.dtype).removeprefix('torch.')}, "
           f"attention {engine.attention_backend}); probes: {', '.join(names) or 'off'}")  # fmt: skip
-    llm.generate([[1, 2, 3, 4, 5, 6, 7, 8]], SamplingParams(max_tokens=8, ignore_eos=True))  # warm-up
+    llm.generate([[1, 2, 3, 4, 5, 6, 7, 8]], SamplingParams(max_tokens=8, ignore_eos=True))  # CUDA and allocator init
+    if args.warmup:
+        # the whole workload once, unprobed and untimed: Triton compiles every prefill shape here, and the first
+        # full run (slower than later ones on the H100, docs/benchmarks.md) is not the profiled one
+        print("warm-up: the workload once, probes off")
+        _reset_prefix_cache(engine)
+        run_workload(llm, workload)
     _reset_prefix_cache(engine)
 
     manifest = {"command": ["traceinfer", "profile", *sys.argv[1:]], "workload": {"name": workload.name, **workload.spec,
-                "prompt_tokens": workload.prompt_tokens, "max_output_tokens": workload.max_output_tokens}}  # fmt: skip
+                "prompt_tokens": workload.prompt_tokens, "max_output_tokens": workload.max_output_tokens},
+                "warmup": "workload" if args.warmup else "one request"}  # fmt: skip
     session = attach(engine, options.select, out, options, manifest)
     status, result = "completed", None
     try:
