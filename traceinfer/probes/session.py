@@ -242,6 +242,8 @@ def attach(
                 for point, fn in probe.subscriptions().items():
                     session._subscribe(fn, point)
         writer.start()
+        if names:
+            session._subscribe(writer.on_forward, "forward")  # flush while the GPU runs a forward
         writer.manifest["probes"]["details"] = {n: p.info() for n, p in session.probes.items()}
         writer.write_manifest()
     except BaseException as exc:
