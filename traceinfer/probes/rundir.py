@@ -31,9 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -43,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from traceinfer.probes import encoder
+from traceinfer.probes.base import HelperProcess
 from traceinfer.probes.encoder import encode_lines, jsonable
 
 FORMAT = "traceinfer-run"
@@ -58,7 +56,6 @@ SEND_ROWS = 256
 # least every flush_interval_s): small batches that fit in the GPU's share of a step.
 KICK_FLUSH_S = 0.1
 _NEVER = 1 << 62
-START_TIMEOUT_S = 60.0  # the encoder process starts in tens of milliseconds; a loaded machine may be slow
 
 
 @dataclass(frozen=True)
@@ -300,45 +297,6 @@ class StreamWriter:
             self._fh = None
 
 
-class EncoderProcess:
-    """The child process that encodes and writes the streams (traceinfer.probes.encoder)."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", encoder.__file__, str(run_dir)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        self.report: dict = {}
-        ready, _, _ = select.select([self.proc.stdout], [], [], START_TIMEOUT_S)  # started before the run is timed
-        if not ready or not self.proc.stdout.readline():
-            self.proc.kill()
-            self.proc.communicate()
-            raise OSError(f"the encoder process did not start within {START_TIMEOUT_S:.0f} s")
-
-    def send(self, file_name: str, batch: list) -> None:
-        """Hand ``batch`` over; blocks (without the GIL) only while the pipe is full. OSError if it died."""
-        self.proc.stdin.write(encoder.frame(file_name, batch))
-        self.proc.stdin.flush()
-
-    def close(self, timeout_s: float = 120.0) -> str | None:
-        """End its input and wait until it has written everything; returns an error, or None."""
-        try:
-            out, err = self.proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            return f"the encoder process did not finish within {timeout_s:.0f} s and was killed"
-        except OSError as exc:  # stdin already broken: it died before
-            self.proc.wait()
-            return f"the encoder process died: {exc}"
-        try:
-            self.report = json.loads(out.decode().strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            return f"the encoder process exited with {self.proc.returncode}: {tail[0]}"
-        return None
-
-
 class RunWriter:
     """Owns a run directory: the manifest and one StreamWriter per stream.
 
@@ -355,7 +313,7 @@ class RunWriter:
         self.streams: dict[str, StreamWriter] = {}
         self.flush_interval_s = flush_interval_s
         self.flusher_cpu_s = 0.0
-        self.encoder: EncoderProcess | None = None
+        self.encoder: HelperProcess | None = None
         self.encoder_error: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -376,7 +334,7 @@ class RunWriter:
         """Start the encoder process (unless ``use_encoder`` is False) and the flusher thread."""
         if use_encoder:
             try:
-                self.encoder = EncoderProcess(self.path)
+                self.encoder = HelperProcess("encoder process", encoder.__file__, [str(self.path)])
             except OSError as exc:
                 self.encoder_error = f"the encoder process did not start: {exc}"
         self._thread = threading.Thread(target=self._run, name="traceinfer-flusher", daemon=True)
@@ -413,15 +371,15 @@ class RunWriter:
                 if self.encoder is not None:
                     try:
                         for i in range(0, len(batch), SEND_ROWS):
-                            self.encoder.send(s.schema.file, batch[i : i + SEND_ROWS])
+                            self.encoder.send(encoder.frame(s.schema.file, batch[i : i + SEND_ROWS]))
                         continue
                     except OSError as exc:  # it died: what it had not written is lost, the rest is not
                         self._encoder_gone(f"the encoder process died during the run: {exc}")
                 s.write(batch)
 
     def _encoder_gone(self, reason: str) -> None:
-        encoder, self.encoder = self.encoder, None
-        error = encoder.close(timeout_s=5.0) if encoder is not None else None
+        proc, self.encoder = self.encoder, None
+        error = proc.close(timeout_s=5.0) if proc is not None else None
         self.encoder_error = f"{reason} ({error})" if error else reason
 
     def info(self) -> dict:
@@ -451,7 +409,7 @@ class RunWriter:
             self._thread.join()
         self.flush()
         if self.encoder is not None:
-            error = self.encoder.close()
+            error = self.encoder.close(timeout_s=120.0)
             if error:
                 self.encoder_error = error
         with self._lock:

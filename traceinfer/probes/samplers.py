@@ -10,19 +10,13 @@ A field the GPU does not support is null, never 0.
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
-import select
-import subprocess
-import sys
 import tempfile
 
 from traceinfer.probes import sampler_process
-from traceinfer.probes.base import Probe, ProbeContext
+from traceinfer.probes.base import HelperProcess, Probe, ProbeContext
 from traceinfer.probes.sampler_process import NO_STEP, STEP
-
-START_TIMEOUT_S = 60.0  # psutil and NVML open in well under a second; a loaded machine may be slow
 
 
 def nvml_index(device) -> int:
@@ -72,14 +66,14 @@ class SamplerProbe(Probe):
         self.report: dict = {}
         self.error: str | None = None
         self._cell = StepCell()
-        self._proc: subprocess.Popen | None = None
-        self._started = False
+        self._proc: HelperProcess | None = None
         try:
-            self._spawn(ctx)
+            self._proc = HelperProcess("sampler process", sampler_process.__file__, self._args(ctx))
         except Exception as exc:
             self._end()
             self.absent(f"the sampler process did not start: {exc}")
             return
+        self.ready = self._proc.ready
         host, gpu = self.ready["host"], self.ready["gpu"]
         if not host["available"] and not gpu["available"]:
             self._end()
@@ -90,35 +84,20 @@ class SamplerProbe(Probe):
             if self.ready[part]["available"]:
                 ctx.writer.stream(stream)  # the header; the sampler process appends the rows
 
-    def _spawn(self, ctx: ProbeContext) -> None:
+    def _args(self, ctx: ProbeContext) -> list[str]:
         device = ctx.engine.device
-        cmd = [sys.executable, "-I", sampler_process.__file__, "--run-dir", str(ctx.writer.path),
-               "--pid", str(os.getpid()), "--hz", str(self.hz), "--step-file", self._cell.path]  # fmt: skip
+        args = ["--run-dir", str(ctx.writer.path), "--pid", str(os.getpid()), "--hz", str(self.hz),
+                "--step-file", self._cell.path]  # fmt: skip
         if device.type == "cuda":
-            cmd += ["--nvml-index", str(nvml_index(device))]
-        else:
-            cmd += ["--no-gpu-reason", f"the engine runs on {device.type}: no GPU to sample"]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        line = self._readline(START_TIMEOUT_S)
-        if not line:
-            err = self._proc.stderr.read().decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(err[0])
-        self.ready = json.loads(line)
-
-    def _readline(self, timeout_s: float) -> bytes:
-        ready, _, _ = select.select([self._proc.stdout], [], [], timeout_s)
-        if not ready:
-            raise TimeoutError(f"no answer within {timeout_s:.0f} s")
-        return self._proc.stdout.readline()
+            return [*args, "--nvml-index", str(nvml_index(device))]
+        return [*args, "--no-gpu-reason", f"the engine runs on {device.type}: no GPU to sample"]
 
     def subscriptions(self) -> dict:
         return {"step": self._cell} if self.available else {}
 
     def start(self) -> None:
         if self.available:
-            self._proc.stdin.write(b"g")
-            self._proc.stdin.flush()
-            self._started = True
+            self._proc.send(b"g")
 
     def stop(self) -> None:
         if self._proc is None:
@@ -134,17 +113,8 @@ class SamplerProbe(Probe):
         """End the sampler process (end of its stdin) and read its report."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            try:
-                out, err = proc.communicate(timeout=30)
-                lines = out.decode().strip().splitlines()
-                if self._started and lines:
-                    self.report = json.loads(lines[-1])
-                elif proc.returncode:
-                    self.error = f"exited with {proc.returncode}: {err.decode(errors='replace').strip()[-500:]}"
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                self.error = "did not end within 30 s and was killed"
+            self.error = proc.close(timeout_s=30.0)
+            self.report = proc.report
         self._cell.close()
 
     def info(self) -> dict:
