@@ -169,7 +169,7 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule and run one step; returns the outputs of the requests that finished in it.
 
-        To stream tokens as they come, subscribe to the ``token`` hook point; building a full output
+        To stream tokens as they come, subscribe to the ``tokens`` hook point (one event per step); building a full output
         for every running request on every step would cost more host time than the step itself."""
         hooks = self.hooks
         outputs: list[RequestOutput] = []

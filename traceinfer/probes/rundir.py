@@ -316,8 +316,8 @@ class RunWriter:
         self.encoder: HelperProcess | None = None
         self.encoder_error: str | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._kick = threading.Event()
+        self._stopping = False
+        self._kick = threading.Event()  # wakes the flusher: a flush is due after a forward, or closing
         self._due_ns = 0
         self.flushes_on_kick = 0
         self._thread: threading.Thread | None = None
@@ -343,7 +343,7 @@ class RunWriter:
     def _run(self) -> None:
         while True:
             kicked = self._kick.wait(self.flush_interval_s)
-            if self._stop.is_set():
+            if self._stopping:
                 break
             self._kick.clear()
             self.flush()
@@ -403,7 +403,7 @@ class RunWriter:
 
     def close(self, status: str) -> dict:
         """Stop the flusher, write what is left, wait for the encoder, write the final manifest; returns it."""
-        self._stop.set()
+        self._stopping = True
         self._kick.set()
         if self._thread is not None:
             self._thread.join()
