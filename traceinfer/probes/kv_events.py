@@ -3,7 +3,8 @@
 The first row is a 'snapshot' of the block manager when the probe attached (free queue order,
 reference counts, hashes, tokens of cached blocks), so that the log replays exactly even though the
 engine ran (warm-up) before. Then one packed row per hand-over of ops (the engine hands them over
-after scheduling and at the end of each step); ``iter_stream`` expands it to one row per op. Ops and their vLLM KV event names where they overlap:
+after scheduling and at the end of each step); ``iter_stream`` expands it to one row per op. Ops and
+their vLLM KV event names where they overlap:
 
     stored -> BlockStored      evict -> BlockRemoved      reset -> AllBlocksCleared
     allocate, append, hit, free, preempt: no vLLM event (vLLM reports them only as counters)
@@ -14,6 +15,7 @@ fragmentation, preemptions) are pure functions in traceinfer.reports.kv_analysis
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from traceinfer.probes.base import Probe, ProbeContext
@@ -47,8 +49,6 @@ class KVEventProbe(Probe):
         self.num_ops = 0
 
     def start(self) -> None:
-        import time
-
         bm = self.ctx.engine.block_manager
         self._append(
             (time.perf_counter_ns(), self._steps.step, "snapshot", None, None, None, None, None, None, None,

@@ -174,8 +174,9 @@ class ProbeSession:
             "flusher_cpu_s": round(self.writer.flusher_cpu_s, 4),
             "probe_processes_cpu_s": round(processes, 4),
             "encoder_cpu_s": manifest["writer"]["encoder_cpu_s"],
-            "note": "CPU time of the probes' own threads (in the engine's process) and processes; their cost in throughput is measured by "
-            "`traceinfer bench --probes off,default,all` and by `profile`'s baseline run ('overhead')",
+            "note": "CPU time of the probes' own threads (in the engine's process) and processes; their cost in "
+            "throughput is measured by `traceinfer bench --probes off,default,all` and by `profile`'s baseline "
+            "run ('overhead')",
         }
         self.writer.write_manifest()
         if self.temporary:
