@@ -3,12 +3,14 @@
     OMP_NUM_THREADS=1 python scripts/probe_callbacks.py [--batch 256] [--steps 500]
 
 Drives a real engine's hook points (synthetic:tiny on CPU) the way one decode step of ``--batch``
-sequences does: the six stage spans with their fields, 16 block appends after scheduling and 16 blocks
-stored after the step (one in 16 sequences crosses a block boundary per token at block size 16), one
-'tokens' event. Each probe set is attached in turn; the table is microseconds per step (best of 5).
-GC is off while timing and nothing is flushed (flush interval 60 s), so the figures are the
-subscribers' own work on the engine thread, not contention with the flusher or the collector. On CPU
-the step trace records no CUDA events. Not a test: a measuring tool for docs/benchmarks.md.
+sequences does: the six stage spans with their fields, 16 block appends while scheduling and 16 blocks
+stored in postprocess (one in 16 sequences crosses a block boundary per token at block size 16), one
+'tokens' event, and the engine's hand-over of those events once the forward is launched. Each probe set
+is attached in turn; the table gives microseconds per step on the host's critical path (which lengthen
+the step) and in the hand-over (which on a GPU runs while the forward computes), best of 5. GC is off
+while timing and nothing is flushed (flush interval 60 s), so the figures are the subscribers' own
+work on the engine thread, not contention with the flusher or the collector. On CPU the step trace
+records no CUDA events. Not a test: a measuring tool for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,43 +25,56 @@ from traceinfer.probes import ProbeOptions, attach
 SETS = ("off", "nvtx", "steps", "requests", "kv", "gc", "samplers", "default")
 
 
-def drive(engine, batch: int, steps: int) -> float:
-    """Microseconds per step of ``steps`` simulated decode steps."""
-    hooks, bm = engine.hooks, engine.block_manager
-    rids = [str(i) for i in range(batch)]
+class _Seq:  # what the engine's 'tokens' hand-over reads from a sequence
+    __slots__ = ("num_output_tokens", "request_id")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id, self.num_output_tokens = request_id, 1
+
+
+def drive(engine, batch: int, steps: int) -> tuple[float, float]:
+    """(host critical path, hand-over) in microseconds per step of ``steps`` simulated decode steps."""
+    hooks, bm, clock = engine.hooks, engine.block_manager, time.perf_counter_ns
+    seqs = [_Seq(str(i)) for i in range(batch)]
     filled = max(1, batch // 16)
     tokens = tuple(range(16))
+    sampled = list(range(batch))
     summary = {
         "num_seqs": batch, "num_prefill_seqs": 0, "num_decode_seqs": batch, "num_batched_tokens": batch,
         "num_prefill_tokens": 0, "num_decode_tokens": batch, "num_cached_tokens": 0, "token_budget": 8192,
         "num_waiting": 0, "num_running": batch, "num_preempted": 0, "num_free_blocks": 1000,
     }  # fmt: skip
-    t0 = time.perf_counter_ns()
+    hand_over = 0
+    t0 = clock()
     for i in range(steps):
+        bm.step = i
         with hooks.step.span(step=i) as step_info:
             with hooks.schedule.span(step=i) as info:
                 if hooks.block:
                     for k in range(filled):
-                        bm._record("append", rids[k], [k])
+                        bm._record("append", seqs[k].request_id, [k])
                 if info is not None:
                     info.update(summary)
-                bm.flush_ops()
             with hooks.prepare_inputs.span(num_seqs=batch, num_tokens=batch):
                 pass
             with hooks.forward.span(num_tokens=batch, cuda_graph=True):
                 pass
+            h = clock()
+            engine._overlap()  # the engine's hand-over, as the runner calls it after launching the forward
+            hand_over += clock() - h
             with hooks.sample.span(num_seqs=batch):
                 pass
             with hooks.postprocess.span(num_seqs=batch):
+                if hooks.tokens:  # what LLMEngine._postprocess defers
+                    engine._deferred.append((hooks.tokens, clock(), (i, seqs, list(sampled))))
                 if hooks.block:
                     for k in range(filled):
-                        bm._record("stored", rids[k], [k], [k], [None], [tokens])
-                if hooks.tokens:
-                    hooks.tokens.emit(request_ids=list(rids), token_ids=list(range(batch)), indices=[i] * batch)
-            bm.flush_ops()
+                        bm._record("stored", seqs[k].request_id, [k], [k], [None], [tokens])
             if step_info is not None:
                 step_info.update(step=i, num_outputs=0)
-    return (time.perf_counter_ns() - t0) / steps / 1e3
+    total = clock() - t0
+    engine.hand_over_events()
+    return (total - hand_over) / steps / 1e3, hand_over / steps / 1e3
 
 
 def main() -> None:
@@ -69,17 +84,17 @@ def main() -> None:
     parser.add_argument("sets", nargs="*", default=list(SETS))
     args = parser.parse_args()
     engine = LLM("synthetic:tiny", device="cpu", num_kv_blocks=max(1024, args.batch)).engine
-    print(f"{'probes':10s} {'us/step':>8s}   ({args.batch} sequences per decode step)")
+    print(f"{'probes':10s} {'host us/step':>12s} {'hand-over us/step':>17s}   ({args.batch} sequences per decode step)")
     for spec in args.sets:
         session = attach(engine, spec, None, ProbeOptions(flush_interval_s=60))
         try:
             drive(engine, args.batch, 100)  # warm
             gc.disable()
-            best = min(drive(engine, args.batch, args.steps) for _ in range(5))
+            host, hand_over = min(drive(engine, args.batch, args.steps) for _ in range(5))
         finally:
             gc.enable()
             session.close()
-        print(f"{spec:10s} {best:8.1f}")
+        print(f"{spec:10s} {host:12.1f} {hand_over:17.1f}")
 
 
 if __name__ == "__main__":

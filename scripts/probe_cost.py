@@ -12,7 +12,12 @@ rotated order each round on one engine (prefix cache emptied before each run); t
 variant's median output tok/s, its cost against the median of 'off', and the CPU seconds of the main
 thread and of the probes' own threads. A second table pairs steps: every run schedules the same steps,
 so the median over steps of (step time - off's step time) measures a variant's cost per step without
-the run-to-run drift of whole-run throughput. Not a test: a measuring tool for docs/benchmarks.md.
+the run-to-run drift of whole-run throughput. It also splits each step into the host's critical path
+and the GPU wait: from the hand-over the runner calls once the forward is launched ('overlap') to the
+end of sampling (the host waits there for the GPU), the rest of the step is host time that the GPU
+waits for. That split (same subscriber in every variant, so 'off' has two) does not move with the GPU's
+clocks, so its delta against 'off' is the probes' cost with the least noise. Not a test: a measuring
+tool for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -48,21 +53,31 @@ def parse_variant(text: str) -> tuple[str, dict, float | None]:
     return probes, options, switch
 
 
-def timed_step(engine, out: list[int]):
-    """engine.step, recording each step's wall time in ns into ``out`` (two clock reads per step)."""
+def timed_step(engine, out: list[int], waits: list[int]):
+    """engine.step, recording each step's wall time in ns into ``out`` and the time from the hand-over
+    ('overlap') to the end of sampling into ``waits``; returns (step function, unsubscribe)."""
     step, clock = type(engine).step.__get__(engine), time.perf_counter_ns
+    mark = [0, 0]
+
+    def on_point(point: str, phase: str, t: int, fields: dict) -> None:
+        if point == "overlap":
+            mark[0] = t
+        elif phase == "E":
+            mark[1] = t - mark[0]
 
     def run():
+        mark[1] = 0
         t = clock()
         result = step()
         out.append(clock() - t)
+        waits.append(mark[1])
         return result
 
-    return run
+    return run, engine.hooks.subscribe(on_point, ("overlap", "sample"))
 
 
-def per_step_median(runs: list[dict]) -> list[float]:
-    return [statistics.median(column) for column in zip(*(r["step_ns"] for r in runs))]
+def per_step_median(runs: list[dict], key: str = "step_ns") -> list[float]:
+    return [statistics.median(column) for column in zip(*(r[key] for r in runs))]
 
 
 def main() -> int:
@@ -102,7 +117,8 @@ def main() -> int:
             session = attach(engine, probes, None, ProbeOptions(**options))
             steps0 = engine.step_index
             step_ns: list[int] = []
-            engine.step = timed_step(engine, step_ns)
+            wait_ns: list[int] = []
+            engine.step, untime = timed_step(engine, step_ns, wait_ns)
             if args.pin and cores:  # this thread only (probe threads and processes keep every core)
                 os.sched_setaffinity(0, {cores[-1]})
             try:
@@ -115,6 +131,7 @@ def main() -> int:
                 if args.pin and cores:
                     os.sched_setaffinity(0, set(cores))
                 del engine.step
+                untime()
                 manifest = session.close()
                 sys.setswitchinterval(old_switch)
             tokens = sum(len(o.token_ids) for o in outputs)
@@ -123,6 +140,7 @@ def main() -> int:
                 "tok_s": tokens / seconds, "seconds": seconds, "steps": engine.step_index - steps0,
                 "main_cpu_s": main_cpu, "flusher_cpu_s": cost.get("flusher_cpu_s", 0.0),
                 "probe_threads_cpu_s": cost.get("probe_threads_cpu_s", 0.0), "step_ns": step_ns,
+                "host_ns": [a - b for a, b in zip(step_ns, wait_ns)],
             })  # fmt: skip
             print(f"round {r} {variant:28s} {tokens / seconds:10,.1f} tok/s  {seconds:6.2f} s", flush=True)
 
@@ -139,11 +157,16 @@ def main() -> int:
         # the schedule is the same in every run, so step i of one run is step i of another: the median over
         # steps of (this variant's step time - off's), both medians over rounds, is robust to run-to-run drift
         off_steps = per_step_median(results["off"])
-        print(f"\n{'variant':28s} {'median step delta us':>20s} {'sum of deltas % of off':>22s}")
+        off_host = per_step_median(results["off"], "host_ns")
+        print(f"\n{'variant':28s} {'median step delta us':>20s} {'sum of deltas % of off':>22s} "
+              f"{'host us/step':>12s} {'host delta % of off step':>24s}")  # fmt: skip
         for variant, runs in results.items():
             steps = per_step_median(runs)
+            host = per_step_median(runs, "host_ns")
             deltas = [a - b for a, b in zip(steps, off_steps)]
-            print(f"{variant:28s} {statistics.median(deltas) / 1e3:20.1f} {100 * sum(deltas) / sum(off_steps):22.2f}")
+            host_deltas = [a - b for a, b in zip(host, off_host)]
+            print(f"{variant:28s} {statistics.median(deltas) / 1e3:20.1f} {100 * sum(deltas) / sum(off_steps):22.2f} "
+                  f"{sum(host) / len(host) / 1e3:12.1f} {100 * sum(host_deltas) / sum(off_steps):24.2f}")  # fmt: skip
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": str(engine.device), "rounds": args.rounds, "results": results}, fh, indent=1)

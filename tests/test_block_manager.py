@@ -40,12 +40,14 @@ def test_allocate_free_and_prefix_hit_share_physical_blocks():
     assert bm.allocate(b, 2, hit)
     assert b.block_table[:2] == a.block_table[:2]
     assert [bm.blocks[i].ref_count for i in hit] == [2, 2]
+    bm.step = 7  # the engine stamps its step index on the ops
     bm.free(a)
     bm.free(b)
     assert bm.num_used_blocks == 0 and bm.num_cached_blocks == 2
     assert events == [] and len(bm.pending_ops) == 6  # recorded, not yet handed over
     bm.flush_ops()
     assert [e.op for e in events] == ["allocate", "stored", "hit", "append", "free", "free"] and not bm.pending_ops
+    assert [e.step for e in events] == [0, 0, 0, 0, 7, 7]
     stored = events[1]
     assert stored.token_ids == [(0, 1, 2, 3), (4, 5, 6, 7)]
     assert stored.parent_hashes == [None, a.block_hashes[0]] and stored.block_hashes == a.block_hashes[:2]

@@ -41,6 +41,40 @@ def test_priority_orders_the_waiting_queue():
     assert order == ["high", "mid", "low"]
 
 
+def test_step_events_are_handed_over_behind_the_next_forward_in_order():
+    """'block', 'tokens' and 'finish' reach subscribers during the next step's forward ('overlap'), or at the
+    end of the step that leaves nothing to run; each carries the time and step it happened in, and a
+    request's finish comes after the event with its last token. abort hands over at once."""
+    engine = LLM("synthetic:tiny", num_kv_blocks=64).engine
+    log = []
+    engine.hooks.subscribe(lambda p, ph, t, f: log.append((p, ph, t, f, engine.step_index)))
+    a = engine.add_request([1, 2, 3], GREEDY)
+    b = engine.add_request([4, 5, 6, 7] * 5, SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
+    done = drain(engine)
+    times = {rid: out.token_times_ns for rid, out in done.items()}
+    seen = {a: [], b: []}
+    for point, phase, t, f, step_now in log:
+        if point == "tokens":
+            assert f["step"] == step_now - 1 or (f["step"] == step_now and not engine.has_unfinished())
+            for rid, index in zip(f["request_ids"], f["indices"]):
+                assert times[rid][index] == t  # the token's own time, not the hand-over's
+                seen[rid].append(index)
+        if point == "finish":
+            assert seen[f["request_id"]] == list(range(len(times[f["request_id"]])))  # every token came first
+        if point == "block":
+            assert all(o.step <= step_now and o.t_ns <= t for o in f["ops"])
+    assert [f["request_id"] for p, ph, t, f, s in log if p == "finish"] == [b, a]  # b asked for fewer tokens
+    assert engine.block_manager.pending_ops == [] and engine._deferred == []  # nothing left behind when idle
+
+    # abort between steps: its ops and its finish are handed over by abort itself
+    c = engine.add_request([1, 2, 3], SamplingParams(temperature=0.0, max_tokens=50, ignore_eos=True))
+    engine.step()
+    log.clear()
+    engine.abort(c)
+    points = [p for p, *_ in log]
+    assert points[-1] == "finish" and "block" in points and "tokens" in points  # the step's token, then the end
+
+
 def test_token_timestamps_and_outputs():
     llm = LLM("synthetic:tiny", num_kv_blocks=64)
     out = llm.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True))[0]

@@ -218,6 +218,15 @@ def test_request_trace_matches_the_outputs(make_llm, tmp_path):
         assert 0 <= m["queue_ms"] <= m["ttft_ms"] <= m["e2e_ms"]
         assert m["prefill_ms"] >= 0 and m["finish_reason"] == "length" and m["num_preemptions"] == 0
         assert m["arrival_ns"] == out.arrival_ns or m["arrival_ns"] >= out.arrival_ns
+        assert tok[tok["request_id"] == out.request_id].sort_values("index")["t_ns"].tolist() == out.token_times_ns
+    # handed over late, every event still names the step it happened in: its time lies inside that step
+    steps = load_frame(session.run_dir, "steps").set_index("step")
+    kv = load_frame(session.run_dir, "kv_events")
+    lifecycle = req[req["event"].isin(["scheduled", "finished"])]
+    for frame in (tok, kv[kv["op"] != "snapshot"], lifecycle):
+        start = steps.loc[frame["step"], "t_ns"].to_numpy()
+        end = start + steps.loc[frame["step"], "dur_ns"].to_numpy()
+        assert ((frame["t_ns"].to_numpy() >= start) & (frame["t_ns"].to_numpy() <= end)).all()
     itl = request_analysis.inter_token_latencies(tok)
     assert len(itl) == sum(len(o.token_ids) - 1 for o in outputs) and (itl["itl_ms"] > 0).all()
     summary = request_analysis.latency_summary(metrics.reset_index())
@@ -358,7 +367,7 @@ def test_nvtx_is_a_noop_without_the_package(make_llm, tmp_path, monkeypatch):
     llm = make_llm(num_kv_blocks=64)
     monkeypatch.setitem(sys.modules, "nvtx", None)  # import nvtx -> ImportError
     with attach(llm.engine, "nvtx", tmp_path / "run") as session:
-        assert set(llm.engine.hooks.subscribed()) == {"step", "forward"}  # the session's own (step index, flush timing): no NVTX subscriber
+        assert set(llm.engine.hooks.subscribed()) == {"step", "overlap"}  # the session's own (step index, flush timing): no NVTX subscriber
         llm.generate(prompts_of(1, 8), greedy(2))
     info = read_manifest(session.run_dir)["probes"]["details"]["nvtx"]
     assert info["available"] is False and "nvtx package is not installed" in info["reason"]
@@ -371,7 +380,7 @@ def test_nvtx_without_a_tool_attached_subscribes_nothing(make_llm, tmp_path):
     llm = make_llm(num_kv_blocks=64)
     layers = llm.engine.model.model.layers
     with attach(llm.engine, "nvtx", tmp_path / "run", ProbeOptions(nvtx_layers=True)) as session:
-        assert set(llm.engine.hooks.subscribed()) == {"step", "forward"}  # the session's own only
+        assert set(llm.engine.hooks.subscribed()) == {"step", "overlap"}  # the session's own only
         assert all(not layer._forward_pre_hooks for layer in layers)
         llm.generate(prompts_of(2, 8), greedy(3))
     info = read_manifest(session.run_dir)["probes"]["details"]["nvtx"]
@@ -437,23 +446,23 @@ def test_the_encoder_process_writes_and_the_writer_outlives_its_death(tmp_path):
 
 
 def test_flushes_follow_forwards_when_forwards_come(tmp_path):
-    """A forward's end starts a due flush (the GPU is busy then); without forwards the interval still flushes."""
+    """A forward's launch ('overlap') starts a due flush (the GPU is busy then); without forwards the interval
+    still flushes."""
     run = tmp_path / "run"
     writer = RunWriter(run, {}, flush_interval_s=30)  # the interval alone would not flush during this test
     writer.start()
     rows = writer.stream("gc").rows
     rows.append((1, 1, 0, 0, 0, 1, False, "t"))
-    writer.on_forward("forward", "B", time.perf_counter_ns(), {})  # a begin never flushes
     time.sleep(0.05)
     assert len(list(iter_stream(run, "gc"))) == 0
-    writer.on_forward("forward", "E", time.perf_counter_ns(), {})
+    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})
     assert _wait_for_rows(run, "gc", 1) == 1 and writer.flushes_on_kick == 1
     rows.append((2, 1, 0, 0, 0, 2, False, "t"))
-    writer.on_forward("forward", "E", time.perf_counter_ns(), {})  # too soon after the last flush: not due
+    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})  # too soon after the last flush: not due
     time.sleep(0.05)
     assert len(list(iter_stream(run, "gc"))) == 1
     time.sleep(0.1)  # KICK_FLUSH_S later it is due again
-    writer.on_forward("forward", "E", time.perf_counter_ns(), {})
+    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})
     assert _wait_for_rows(run, "gc", 2) == 2 and writer.flushes_on_kick == 2
     assert writer.close("completed")["writer"]["flushes_after_forward"] == 2
 

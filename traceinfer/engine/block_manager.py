@@ -7,10 +7,11 @@ blocks stay cached in an LRU free queue until a fresh allocation needs them (evi
 
 While ``hooks.block`` has a subscriber, every operation (allocate, append, hit, stored, free, preempt,
 evict, reset; stored/evict/reset align with vLLM's KV events BlockStored, BlockRemoved and
-AllBlocksCleared) is recorded as one BlockOp tuple, and ``flush_ops()`` hands the ops recorded so far
-to the hook in one call; the engine calls it after scheduling and at the end of each step, so a
-decode step with blocks filling in 16 of 256 sequences costs two hook calls, not 32. Calls that do
-real work (not the decode fast paths) run inside a ``hooks.block_manager`` span, for NVTX ranges.
+AllBlocksCleared) is recorded as one BlockOp tuple stamped with its time and the engine's step, and
+``flush_ops()`` hands the ops recorded so far to the hook in one call. The engine calls it once per
+step, while the GPU runs the forward, so a decode step with blocks filling in 16 of 256 sequences
+costs one hook call behind the GPU, not 32 on the host. Calls that do real work (not the decode fast
+paths) run inside a ``hooks.block_manager`` span, for NVTX ranges.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class BlockOp(NamedTuple):
     """One block operation, as ``hooks.block`` delivers them (``fields["ops"]``); lists are in block order."""
 
     t_ns: int  # time.perf_counter_ns() of the operation
+    step: int  # the engine step it happened in (between steps: the last one)
     op: str  # allocate | append | hit | stored | free | preempt | evict | reset
     request_id: str | None  # None for evict and reset
     block_ids: list[int]  # free/preempt: in release order
@@ -68,6 +70,7 @@ class BlockManager:
         self.cached: dict[int, int] = {}  # block hash -> block id
         self._table_versions = itertools.count(1)
         self.pending_ops: list[BlockOp] = []  # recorded while hooks.block has a subscriber, until flush_ops
+        self.step = 0  # the engine's step index, stamped on each op (the engine sets it)
 
     # -- counts ----------------------------------------------------------------------------
     @property
@@ -248,7 +251,7 @@ class BlockManager:
             hashes = block_hashes if block_hashes is not None else [blocks[b].hash for b in block_ids]
         free = len(self.free_queue)
         self.pending_ops.append(_new_op(BlockOp, (  # tuple.__new__: half the cost of BlockOp(...)
-            _clock(), op, request_id, block_ids, hashes, refs, free, self.num_blocks - free, len(self.cached),
+            _clock(), self.step, op, request_id, block_ids, hashes, refs, free, self.num_blocks - free, len(self.cached),
             parent_hashes, token_ids,
         )))  # fmt: skip
 

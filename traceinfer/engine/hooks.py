@@ -9,6 +9,12 @@ for an instant event. A subscriber is any callable::
 ``time.perf_counter_ns()``. With no subscriber a point is falsy, ``span`` returns a shared
 no-op context and ``emit`` returns at once, so call sites that build expensive payloads guard
 them with ``if hooks.point:``.
+
+Spans are delivered as they happen. The instant events that carry a step's data (``block``,
+``tokens``, ``finish``) are handed over later, while the GPU runs the next step's forward (the
+``overlap`` point): on the host they would lengthen the step, behind the GPU they cost nothing. Such
+an event carries the time it happened (``t_ns``, via ``emit_at``) and its ``step``; it reaches
+subscribers within one step's host time, and in order.
 """
 
 from __future__ import annotations
@@ -27,14 +33,15 @@ HOOK_POINTS: tuple[str, ...] = (
     "step",  # span: step
     "schedule",  # span: step; end carries the scheduled batch summary
     "block_manager",  # span around a block-manager call that does work: call, request_id
-    "block",  # i: ops (list of block_manager.BlockOp), flushed after scheduling and at the end of a step
+    "block",  # i: ops (list of block_manager.BlockOp, each with its time and step), handed over at 'overlap'
     "preempt",  # i: request_id, num_computed_tokens, blocks_freed
     "prepare_inputs",  # span: num_seqs, num_tokens
     "forward",  # span: num_tokens, cuda_graph
+    "overlap",  # i, once per step with a forward: its GPU work is launched, the host has not yet waited for it
     "sample",  # span: num_seqs
     "postprocess",  # span: num_seqs
-    "tokens",  # i, once per step: request_ids, token_ids, indices (output index of each token)
-    "finish",  # i: request_id, reason, num_output_tokens
+    "tokens",  # i, once per step, handed over at the next 'overlap': step, request_ids, token_ids, indices
+    "finish",  # i, handed over after the step's tokens: step, request_id, reason, num_output_tokens, error
 )
 
 _NULL_SPAN = nullcontext()
@@ -58,6 +65,11 @@ class HookPoint:
         t = time.perf_counter_ns()
         for fn in self._subscribers:
             fn(self.name, "i", t, fields)
+
+    def emit_at(self, t_ns: int, fields: dict) -> None:
+        """An instant event that happened at ``t_ns`` (earlier), handed over now."""
+        for fn in self._subscribers:
+            fn(self.name, "i", t_ns, fields)
 
     def span(self, **fields):
         if not self._subscribers:

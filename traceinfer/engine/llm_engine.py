@@ -99,6 +99,9 @@ class LLMEngine:
         self.requests: dict[str, Sequence] = {}
         self._ids = itertools.count()
         self.step_index = 0
+        # instant events handed to the hooks late (see hand_over_events): (point, t_ns, fields); a
+        # 'tokens' entry holds (step, sequences, token ids), its lists are built at hand-over
+        self._deferred: list[tuple] = []
         # the model, torch and transformers leave ~10^5 long-lived objects; freezing them keeps full
         # collections in the serving loop from scanning them again and again (vLLM does the same)
         gc.collect()
@@ -159,8 +162,9 @@ class LLMEngine:
         if seq is None or seq.is_finished:
             return None
         self.scheduler.remove(seq)
-        self.block_manager.flush_ops()
-        return self._finish(seq, FinishReason.ABORTED)
+        output = self._finish(seq, FinishReason.ABORTED)
+        self.hand_over_events()
+        return output
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -169,27 +173,57 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule and run one step; returns the outputs of the requests that finished in it.
 
-        To stream tokens as they come, subscribe to the ``tokens`` hook point (one event per step); building a full output
-        for every running request on every step would cost more host time than the step itself."""
+        To stream tokens as they come, subscribe to the ``tokens`` hook point (one event per step, handed over
+        during the next step's forward, so about one step's host time late); building a full output for every
+        running request on every step would cost more host time than the step itself."""
         hooks = self.hooks
         outputs: list[RequestOutput] = []
+        self.block_manager.step = self.step_index
         with hooks.step.span(step=self.step_index) as step_info:
             with hooks.schedule.span(step=self.step_index) as info:
                 out = self.scheduler.schedule()
                 if info is not None:
                     info.update(self._summary(out))
-                self.block_manager.flush_ops()
             for seq in out.failed:
                 outputs.append(self._finish(seq, FinishReason.ERROR, seq.error, already_finished=True))
             if not out.is_empty:
-                tokens = self.runner.execute(out)
+                tokens = self.runner.execute(out, self._overlap)
                 with hooks.postprocess.span(num_seqs=len(out.scheduled)):
                     outputs.extend(self._postprocess(out.scheduled, tokens))
-            self.block_manager.flush_ops()
+            if out.is_empty or not self.scheduler.has_unfinished():
+                self.hand_over_events()  # no next forward to hide the hand-over behind
             if step_info is not None:
                 step_info.update(step=self.step_index, num_outputs=len(outputs))
         self.step_index += 1
         return outputs
+
+    def _overlap(self) -> None:
+        """The runner calls this once the step's forward is launched: host work here hides behind the GPU."""
+        self.hand_over_events()
+        if self.hooks.overlap:
+            self.hooks.overlap.emit(step=self.step_index)
+
+    def hand_over_events(self) -> None:
+        """Hand the hooks what they get late: the block ops recorded so far, then the tokens and finishes
+        of the last postprocess, each with the time and step it happened in.
+
+        The engine calls this while the GPU runs each forward, and at the end of a step that has no
+        forward or leaves nothing to run; call it before detaching subscribers (ProbeSession.close does).
+        Token indices are read here: no sequence gains a token between a postprocess and the next forward.
+        """
+        self.block_manager.flush_ops()
+        if not self._deferred:
+            return
+        deferred, self._deferred = self._deferred, []
+        tokens_point = self.hooks.tokens
+        for point, t, fields in deferred:
+            if point is tokens_point:
+                step, seqs, token_ids = fields
+                fields = {
+                    "step": step, "request_ids": [q.request_id for q in seqs], "token_ids": token_ids,
+                    "indices": [q.num_output_tokens - 1 for q in seqs],
+                }  # fmt: skip
+            point.emit_at(t, fields)
 
     def _summary(self, out: SchedulerOutput) -> dict:
         return {
@@ -211,8 +245,10 @@ class LLMEngine:
         outputs = []
         sampled = iter(tokens)
         now = time.perf_counter_ns()
-        # one 'tokens' event per step, not one per sequence: at 256 sequences a call each would cost ~1% of a step
-        sampled_seqs = [s.seq for s in scheduled if s.samples] if tokens and self.hooks.tokens else None
+        if tokens and self.hooks.tokens:
+            # one 'tokens' event per step, not one per sequence (at 256 sequences a call each would cost ~1% of
+            # a step), its lists built at hand-over, behind the next forward
+            self._deferred.append((self.hooks.tokens, now, (self.step_index, [s.seq for s in scheduled if s.samples], tokens)))
         for s in scheduled:
             seq = s.seq
             samples = s.samples
@@ -226,11 +262,6 @@ class LLMEngine:
             if reason is not None:
                 self.scheduler.remove(seq)
                 outputs.append(self._finish(seq, reason))
-        if sampled_seqs:
-            self.hooks.tokens.emit(
-                request_ids=[q.request_id for q in sampled_seqs], token_ids=tokens,
-                indices=[q.num_output_tokens - 1 for q in sampled_seqs],
-            )  # fmt: skip
         return outputs
 
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
@@ -247,9 +278,10 @@ class LLMEngine:
         if not already_finished:
             seq.finish(reason, error)
         if self.hooks.finish:
-            self.hooks.finish.emit(
-                request_id=seq.request_id, reason=reason.value, num_output_tokens=seq.num_output_tokens, error=seq.error
-            )
+            self._deferred.append((self.hooks.finish, time.perf_counter_ns(), {
+                "step": self.step_index, "request_id": seq.request_id, "reason": reason.value,
+                "num_output_tokens": seq.num_output_tokens, "error": seq.error,
+            }))  # fmt: skip
         del self.requests[seq.request_id]
         return self._output(seq)
 
@@ -283,7 +315,7 @@ class LLMEngine:
             return self.runner.forward_logits(out, all_rows=True)
         finally:
             self.block_manager.free(seq)
-            self.block_manager.flush_ops()
+            self.hand_over_events()
 
 
 class LLM:

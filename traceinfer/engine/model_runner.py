@@ -8,6 +8,7 @@ buffers; padding rows have slot -1 (nothing stored) and sequence length 0 (nothi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -317,9 +318,14 @@ class ModelRunner:
             return self.model.compute_logits(hidden).float()
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> list[int]:
-        """Run the step; returns one sampled token per scheduled sequence whose chunk samples."""
+    def execute(self, out: SchedulerOutput, overlap: Callable[[], None] | None = None) -> list[int]:
+        """Run the step; returns one sampled token per scheduled sequence whose chunk samples.
+
+        ``overlap`` is called once the forward is launched, before the host waits for the device:
+        host work done there runs while the GPU computes (on CPU it simply runs in line)."""
         logits = self.forward_logits(out)
+        if overlap is not None:
+            overlap()
         sampling = [s.seq for s in out.scheduled if s.samples]
         if not sampling:
             return []

@@ -3,7 +3,7 @@
 The first row is a 'snapshot' of the block manager when the probe attached (free queue order,
 reference counts, hashes, tokens of cached blocks), so that the log replays exactly even though the
 engine ran (warm-up) before. Then one packed row per hand-over of ops (the engine hands them over
-after scheduling and at the end of each step); ``iter_stream`` expands it to one row per op. Ops and
+once per step, while the GPU runs the forward); ``iter_stream`` expands it to one row per op. Ops and
 their vLLM KV event names where they overlap:
 
     stored -> BlockStored      evict -> BlockRemoved      reset -> AllBlocksCleared
@@ -62,9 +62,9 @@ class KVEventProbe(Probe):
         """One packed row per hand-over of ops (readers expand it to one row per op): a transpose in C
         instead of a tuple per op."""
         ops = f["ops"]
-        t_ns, op, rid, ids, hashes, refs, free, used, cached, parents, tokens = zip(*ops)
+        t_ns, step, op, rid, ids, hashes, refs, free, used, cached, parents, tokens = zip(*ops)
         vllm = [VLLM_EVENTS.get(o) for o in op]
-        self._append((list(t_ns), self._steps.step, op, vllm, rid, ids, hashes, parents, refs, tokens, free, used, cached, None))
+        self._append((list(t_ns), step, op, vllm, rid, ids, hashes, parents, refs, tokens, free, used, cached, None))
         self.num_ops += len(ops)
 
     def info(self) -> dict:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from traceinfer.engine.block_manager import BlockOp
 from traceinfer.probes.base import Probe, ProbeContext
 from traceinfer.probes.rundir import STREAMS
 
 _EXTRA_COLUMNS = STREAMS["requests"].names[4:]  # after t_ns, step, request_id, event
+_OP, _REQUEST = BlockOp._fields.index("op"), BlockOp._fields.index("request_id")
 
 
 class RequestTraceProbe(Probe):
@@ -39,35 +41,37 @@ class RequestTraceProbe(Probe):
             "finish": self._on_finish,
         }
 
-    def _event(self, t: int, rid: str, event: str, **cols) -> None:
+    def _event(self, t: int, step: int | None, rid: str, event: str, **cols) -> None:
         """One 'requests' row; columns not given are null (lifecycle events are rare: a dict is fine)."""
-        self._req((t, self._steps.step, rid, event, *(cols.get(c) for c in _EXTRA_COLUMNS)))
+        self._req((t, step, rid, event, *(cols.get(c) for c in _EXTRA_COLUMNS)))
 
     def _on_arrival(self, point: str, phase: str, t: int, f: dict) -> None:
         rid = f["request_id"]
         self._known.add(rid)
         # the request's own arrival time (a server may stamp it before add_request)
-        self._event(f.get("arrival_ns", t), rid, "arrival", prompt_len=f.get("prompt_len"), max_tokens=f.get("max_tokens"))
+        self._event(f.get("arrival_ns", t), self._steps.step, rid, "arrival", prompt_len=f.get("prompt_len"), max_tokens=f.get("max_tokens"))
 
     def _on_block(self, point: str, phase: str, t: int, f: dict) -> None:
         known = self._known
         for o in f["ops"]:
-            if (o.op == "allocate" or o.op == "hit") and o.request_id in known:
+            op = o[_OP]  # an index, not the attribute: ~30 ops per decode step
+            if (op == "allocate" or op == "hit") and o[_REQUEST] in known:
                 cached = len(o.block_ids) * self._block_size if o.op == "hit" else 0
-                self._event(o.t_ns, o.request_id, "scheduled", cached_tokens=cached)
+                self._event(o.t_ns, o.step, o.request_id, "scheduled", cached_tokens=cached)
 
     def _on_preempt(self, point: str, phase: str, t: int, f: dict) -> None:
-        self._event(t, f["request_id"], "preempted", num_computed_tokens=f.get("num_computed_tokens"))
+        self._event(t, self._steps.step, f["request_id"], "preempted", num_computed_tokens=f.get("num_computed_tokens"))
 
     def _on_tokens(self, point: str, phase: str, t: int, f: dict) -> None:  # the hot one: one call per step
         # one packed row per step (the engine builds fresh lists each step); readers expand it per token
-        self._tok((t, self._steps.step, f["request_ids"], f["indices"], f["token_ids"]))
+        self._tok((t, f["step"], f["request_ids"], f["indices"], f["token_ids"]))
 
     def _on_finish(self, point: str, phase: str, t: int, f: dict) -> None:
         rid = f["request_id"]
         self._known.discard(rid)
         self._event(
             t,
+            f.get("step"),
             rid,
             "finished",
             reason=f.get("reason"),

@@ -155,7 +155,7 @@ STREAMS: dict[str, StreamSchema] = {
             "every KV block operation (probe 'kv'); vllm_event names the matching vLLM KV event",
             {
                 "t_ns": "perf_counter_ns",
-                "step": "engine step (the last started one when between steps)",
+                "step": "engine step of the op (the last started one when between steps)",
                 "op": "snapshot | allocate | append | hit | stored | free | preempt | evict | reset",
                 "vllm_event": "BlockStored | BlockRemoved | AllBlocksCleared, or null where vLLM has none",
                 "request_id": "request id (null for evict, reset, snapshot)",
@@ -169,8 +169,8 @@ STREAMS: dict[str, StreamSchema] = {
                 "num_cached": "blocks in the prefix cache after the op",
                 "state": "snapshot only: {num_blocks, block_size, free_queue, ref_counts, hashes, parent_hashes, token_ids}",
             },
-            # one packed row per hand-over (after scheduling, at step end): the ops of that part of the step
-            packed=("t_ns", "op", "vllm_event", "request_id", "block_ids", "block_hashes", "parent_block_hashes",
+            # one packed row per hand-over (once per step, during the forward): the ops since the last one
+            packed=("t_ns", "step", "op", "vllm_event", "request_id", "block_ids", "block_hashes", "parent_block_hashes",
                     "ref_counts", "token_ids", "num_free", "num_used", "num_cached"),
         ),
         StreamSchema(
@@ -351,14 +351,14 @@ class RunWriter:
             self._due_ns = time.perf_counter_ns() + int(min(KICK_FLUSH_S, self.flush_interval_s) * 1e9)
         self.flusher_cpu_s = time.thread_time()
 
-    def on_forward(self, point: str, phase: str, t_ns: int, fields: dict) -> None:
-        """Subscribed to the 'forward' hook: when a flush is due, start it right after a forward is launched.
+    def on_overlap(self, point: str, phase: str, t_ns: int, fields: dict) -> None:
+        """Subscribed to the 'overlap' hook: when a flush is due, start it once a forward is launched.
 
         On a GPU the engine thread then only launches sampling before it waits for the GPU (without the
         GIL) for the rest of the forward, so the flusher's pickling overlaps GPU work instead of the
         engine's host-side stages, where every GIL hand-over lengthens the step. Without forwards (or on
         the CPU, where the forward has finished by then) the flusher still runs every flush_interval_s."""
-        if phase == "E" and t_ns >= self._due_ns:
+        if t_ns >= self._due_ns:
             self._due_ns = _NEVER
             self._kick.set()
 

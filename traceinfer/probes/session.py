@@ -145,7 +145,10 @@ class ProbeSession:
         """Unsubscribe, stop every probe, flush, write the final manifest; returns it. Safe to call twice."""
         if self.closed:
             return self.writer.manifest
-        self._detach()
+        try:
+            self.engine.hand_over_events()  # what the engine still holds for the probes (e.g. after Ctrl-C)
+        finally:
+            self._detach()
         errors = {}
         for name, probe in self.probes.items():
             try:
@@ -244,7 +247,7 @@ def attach(
                     session._subscribe(fn, point)
         writer.start()
         if names:
-            session._subscribe(writer.on_forward, "forward")  # flush while the GPU runs a forward
+            session._subscribe(writer.on_overlap, "overlap")  # flush while the GPU runs a forward
         writer.manifest["probes"]["details"] = {n: p.info() for n, p in session.probes.items()}
         writer.write_manifest()
     except BaseException as exc:

@@ -3,8 +3,8 @@
 Host time is split into the five stages the engine marks (schedule, prepare inputs, forward launch,
 sample, postprocess) plus the rest. The schedule span's end carries the batch summary (sequences and
 tokens by kind, cached tokens, token budget, queue lengths, free blocks). On CUDA a pair of events is
-recorded on the engine's stream at the forward's begin and end; they are read a few steps later (or at
-the end), never waited on in the step, giving the forward's GPU time and the GPU idle gap before it.
+recorded on the engine's stream at the forward's begin and end; they are read while a later forward
+runs (or at the end), never waited on, giving the forward's GPU time and the GPU idle gap before it.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class StepTraceProbe(Probe):
     # -- subscribers -----------------------------------------------------------------------
     def subscriptions(self) -> dict[str, Callable]:
         subs: dict[str, Callable] = {"step": self._on_step, "schedule": self._on_schedule}
+        if self._cuda is not None:
+            subs["overlap"] = self._on_overlap
         for point, prefix in _STAGES.items():
             if point not in subs:
                 subs[point] = self._stage(point, _I[f"{prefix}_start_ns"], _I[f"{prefix}_ns"])
@@ -90,7 +92,9 @@ class StepTraceProbe(Probe):
             return
         self._pending.append((cur, self._fwd[0], self._fwd[1]))
         self._fwd = [None, None]
-        self._resolve(block=False)
+
+    def _on_overlap(self, point: str, phase: str, t: int, fields: dict) -> None:
+        self._resolve(block=False)  # the last steps' rows, while the GPU runs this step's forward
 
     def _on_schedule(self, point: str, phase: str, t: int, fields: dict) -> None:
         cur = self._cur
