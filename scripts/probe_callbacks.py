@@ -66,7 +66,7 @@ def drive(engine, batch: int, steps: int) -> tuple[float, float]:
                 pass
             with hooks.postprocess.span(num_seqs=batch):
                 if hooks.tokens:  # what LLMEngine._postprocess defers
-                    engine._deferred.append((hooks.tokens, clock(), (i, seqs, list(sampled))))
+                    engine._deferred.append((hooks.tokens, clock(), (i, list(seqs), list(sampled))))
                 if hooks.block:
                     for k in range(filled):
                         bm._record("stored", seqs[k].request_id, [k], [k], [None], [tokens])

@@ -53,27 +53,53 @@ def parse_variant(text: str) -> tuple[str, dict, float | None]:
     return probes, options, switch
 
 
-def timed_step(engine, out: list[int], waits: list[int]):
-    """engine.step, recording each step's wall time in ns into ``out`` and the time from the hand-over
-    ('overlap') to the end of sampling into ``waits``; returns (step function, unsubscribe)."""
+STAGES = ("schedule", "prepare_inputs", "forward", "hand_over", "sample", "postprocess", "other")
+
+
+def timed_step(engine, out: list[int], waits: list[int], stages: list[tuple]):
+    """engine.step, recording each step's wall time in ns into ``out``, the time from the hand-over
+    ('overlap') to the end of sampling into ``waits`` and the time of each of STAGES into ``stages``
+    (the hand-over: from the forward's launch to 'overlap'); returns (step function, unsubscribe)."""
     step, clock = type(engine).step.__get__(engine), time.perf_counter_ns
-    mark = [0, 0]
+    marks: dict = {}
 
     def on_point(point: str, phase: str, t: int, fields: dict) -> None:
-        if point == "overlap":
-            mark[0] = t
-        elif phase == "E":
-            mark[1] = t - mark[0]
+        marks[point, phase] = t
 
     def run():
-        mark[1] = 0
+        marks.clear()
         t = clock()
         result = step()
-        out.append(clock() - t)
-        waits.append(mark[1])
+        dur = clock() - t
+        out.append(dur)
+        spans = [marks[p, "E"] - marks[p, "B"] if (p, "E") in marks else 0 for p in STAGES[:3]]
+        overlap = marks.get(("overlap", "i"))
+        hand_over = overlap - marks["forward", "E"] if overlap else 0
+        tail = [marks[p, "E"] - marks[p, "B"] if (p, "E") in marks else 0 for p in STAGES[4:6]]
+        stages.append((*spans, hand_over, *tail, dur - sum(spans) - hand_over - sum(tail)))
+        waits.append(marks["sample", "E"] - overlap if overlap and ("sample", "E") in marks else 0)
         return result
 
-    return run, engine.hooks.subscribe(on_point, ("overlap", "sample"))
+    return run, engine.hooks.subscribe(on_point, STAGES[:3] + ("overlap", "sample", "postprocess"))
+
+
+def keep_off(core: int, cores: set[int]) -> None:
+    """Move this process's other threads and its child processes off ``core`` and its SMT siblings."""
+    import psutil
+
+    path = f"/sys/devices/system/cpu/cpu{core}/topology/thread_siblings_list"
+    siblings = {core}
+    if os.path.exists(path):
+        for part in open(path).read().strip().split(","):
+            lo, _, hi = part.partition("-")
+            siblings.update(range(int(lo), int(hi or lo) + 1))
+    others = cores - siblings or cores
+    me = threading.get_native_id()
+    for t in psutil.Process().threads():
+        if t.id != me:
+            os.sched_setaffinity(t.id, others)
+    for child in psutil.Process().children(recursive=True):
+        os.sched_setaffinity(child.pid, others)
 
 
 def per_step_median(runs: list[dict], key: str = "step_ns") -> list[float]:
@@ -88,7 +114,8 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="default: bench's (synthetic:qwen3-0.6b on CUDA)")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--full-warmup", action="store_true", help="one untimed run of the whole workload first")
-    parser.add_argument("--pin", action="store_true", help="pin the engine thread to one core during timed runs")
+    parser.add_argument("--pin", action="store_true", help="pin the engine thread to one core during timed runs, "
+                        "and the other threads and child processes off that physical core")
     args = parser.parse_args()
 
     llm = LLM(args.model or (CUDA_MODEL if torch.cuda.is_available() else None))
@@ -118,9 +145,11 @@ def main() -> int:
             steps0 = engine.step_index
             step_ns: list[int] = []
             wait_ns: list[int] = []
-            engine.step, untime = timed_step(engine, step_ns, wait_ns)
-            if args.pin and cores:  # this thread only (probe threads and processes keep every core)
+            stage_ns: list[tuple] = []
+            engine.step, untime = timed_step(engine, step_ns, wait_ns, stage_ns)
+            if args.pin and cores:  # this thread on one core; the probes' threads and processes off its physical core
                 os.sched_setaffinity(0, {cores[-1]})
+                keep_off(cores[-1], set(cores))
             try:
                 synchronize(engine.device)
                 cpu0, start = time.thread_time(), time.perf_counter()
@@ -141,6 +170,7 @@ def main() -> int:
                 "main_cpu_s": main_cpu, "flusher_cpu_s": cost.get("flusher_cpu_s", 0.0),
                 "probe_threads_cpu_s": cost.get("probe_threads_cpu_s", 0.0), "step_ns": step_ns,
                 "host_ns": [a - b for a, b in zip(step_ns, wait_ns)],
+                "stage_us": [sum(column) / len(column) / 1e3 for column in zip(*stage_ns)], "stage_ns": stage_ns,
             })  # fmt: skip
             print(f"round {r} {variant:28s} {tokens / seconds:10,.1f} tok/s  {seconds:6.2f} s", flush=True)
 
@@ -167,9 +197,12 @@ def main() -> int:
             host_deltas = [a - b for a, b in zip(host, off_host)]
             print(f"{variant:28s} {statistics.median(deltas) / 1e3:20.1f} {100 * sum(deltas) / sum(off_steps):22.2f} "
                   f"{sum(host) / len(host) / 1e3:12.1f} {100 * sum(host_deltas) / sum(off_steps):24.2f}")  # fmt: skip
+    print(f"\n{'variant':28s} " + " ".join(f"{s[:11]:>11s}" for s in STAGES) + "   (mean us per step, median of runs)")
+    for variant, runs in results.items():
+        print(f"{variant:28s} " + " ".join(f"{statistics.median(c):11.1f}" for c in zip(*(r["stage_us"] for r in runs))))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": str(engine.device), "rounds": args.rounds, "results": results}, fh, indent=1)
+            json.dump({"device": str(engine.device), "rounds": args.rounds, "results": results}, fh, separators=(",", ":"))
     return 0
 
 

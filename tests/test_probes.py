@@ -445,9 +445,9 @@ def test_the_encoder_process_writes_and_the_writer_outlives_its_death(tmp_path):
     assert "died during the run" in manifest["writer"]["error"]
 
 
-def test_flushes_follow_forwards_when_forwards_come(tmp_path):
-    """A forward's launch ('overlap') starts a due flush (the GPU is busy then); without forwards the interval
-    still flushes."""
+def test_rows_are_packed_after_forwards_and_flushed_without_them(tmp_path):
+    """A forward's launch ('overlap') packs the new rows on the engine thread when due, at most every
+    PACK_EVERY_S, and the writer thread sends them; without forwards the interval still flushes."""
     run = tmp_path / "run"
     writer = RunWriter(run, {}, flush_interval_s=30)  # the interval alone would not flush during this test
     writer.start()
@@ -456,15 +456,21 @@ def test_flushes_follow_forwards_when_forwards_come(tmp_path):
     time.sleep(0.05)
     assert len(list(iter_stream(run, "gc"))) == 0
     writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})
-    assert _wait_for_rows(run, "gc", 1) == 1 and writer.flushes_on_kick == 1
+    assert rows == [] and writer.packs_after_forward == 1  # taken and pickled on the calling thread
+    assert _wait_for_rows(run, "gc", 1) == 1
     rows.append((2, 1, 0, 0, 0, 2, False, "t"))
-    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})  # too soon after the last flush: not due
-    time.sleep(0.05)
-    assert len(list(iter_stream(run, "gc"))) == 1
-    time.sleep(0.1)  # KICK_FLUSH_S later it is due again
+    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})  # too soon after the last pack: not due
+    assert len(rows) == 1 and writer.packs_after_forward == 1
+    time.sleep(0.1)  # PACK_EVERY_S later it is due again
     writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})
-    assert _wait_for_rows(run, "gc", 2) == 2 and writer.flushes_on_kick == 2
-    assert writer.close("completed")["writer"]["flushes_after_forward"] == 2
+    assert _wait_for_rows(run, "gc", 2) == 2 and writer.packs_after_forward == 2
+    assert writer.close("completed")["writer"]["packs_after_forward"] == 2
+
+    quiet = RunWriter(tmp_path / "quiet", {}, flush_interval_s=0.05)  # no forwards: the writer thread flushes
+    quiet.start()
+    quiet.stream("gc").rows.append((1, 1, 0, 0, 0, 1, False, "t"))
+    assert _wait_for_rows(tmp_path / "quiet", "gc", 1) == 1 and quiet.packs_after_forward == 0
+    quiet.close("completed")
 
 
 def test_the_encoder_writes_what_it_was_sent_when_the_engine_process_dies(tmp_path):

@@ -187,9 +187,9 @@ class LLMEngine:
             for seq in out.failed:
                 outputs.append(self._finish(seq, FinishReason.ERROR, seq.error, already_finished=True))
             if not out.is_empty:
-                tokens = self.runner.execute(out, self._overlap)
+                sampled, tokens = self.runner.execute(out, self._overlap)
                 with hooks.postprocess.span(num_seqs=len(out.scheduled)):
-                    outputs.extend(self._postprocess(out.scheduled, tokens))
+                    outputs.extend(self._postprocess(out.scheduled, sampled, tokens))
             if out.is_empty or not self.scheduler.has_unfinished():
                 self.hand_over_events()  # no next forward to hide the hand-over behind
             if step_info is not None:
@@ -241,14 +241,14 @@ class LLMEngine:
             "num_free_blocks": self.block_manager.num_free_blocks,
         }
 
-    def _postprocess(self, scheduled: list[ScheduledSeq], tokens: list[int]) -> list[RequestOutput]:
+    def _postprocess(self, scheduled: list[ScheduledSeq], sampled: list[Sequence], tokens: list[int]) -> list[RequestOutput]:
         outputs = []
-        sampled = iter(tokens)
         now = time.perf_counter_ns()
         if tokens and self.hooks.tokens:
             # one 'tokens' event per step, not one per sequence (at 256 sequences a call each would cost ~1% of
             # a step), its lists built at hand-over, behind the next forward
-            self._deferred.append((self.hooks.tokens, now, (self.step_index, [s.seq for s in scheduled if s.samples], tokens)))
+            self._deferred.append((self.hooks.tokens, now, (self.step_index, sampled, tokens)))
+        tokens_left = iter(tokens)
         for s in scheduled:
             seq = s.seq
             samples = s.samples
@@ -256,7 +256,7 @@ class LLMEngine:
             self.block_manager.cache_full_blocks(seq)
             if not samples:
                 continue
-            token = next(sampled)
+            token = next(tokens_left)
             seq.append_token(token, now)
             reason = self._stop_reason(seq, token)
             if reason is not None:

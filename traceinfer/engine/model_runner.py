@@ -318,8 +318,8 @@ class ModelRunner:
             return self.model.compute_logits(hidden).float()
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, overlap: Callable[[], None] | None = None) -> list[int]:
-        """Run the step; returns one sampled token per scheduled sequence whose chunk samples.
+    def execute(self, out: SchedulerOutput, overlap: Callable[[], None] | None = None) -> tuple[list[Sequence], list[int]]:
+        """Run the step; returns the sequences whose chunk samples and their sampled tokens.
 
         ``overlap`` is called once the forward is launched, before the host waits for the device:
         host work done there runs while the GPU computes (on CPU it simply runs in line)."""
@@ -328,7 +328,7 @@ class ModelRunner:
             overlap()
         sampling = [s.seq for s in out.scheduled if s.samples]
         if not sampling:
-            return []
+            return sampling, []
         with self.hooks.sample.span(num_seqs=len(sampling)):
             tokens = sample(logits, [s.params for s in sampling], [s.generator for s in sampling])
-            return tokens.tolist()
+            return sampling, tokens.tolist()

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +50,12 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TRACE = "trace.json"
 MEMORY_SNAPSHOT = "memory_snapshot.pickle"
-# The flusher pickles at most SEND_ROWS rows at a time (about half a millisecond holding the GIL), and the
-# pipe write after each releases it: an engine thread waiting for the GIL gets it within one chunk, not
-# after a whole flush. (Sleeping between chunks as well measured worse: each hand-over costs a wake-up.)
+# Rows are pickled at most SEND_ROWS at a time: frames stay small, and a flusher thread pickling (no
+# forwards, or no encoder process) holds the GIL for about half a millisecond at most between pipe writes.
 SEND_ROWS = 256
-# While forwards run, the flusher flushes right after one is launched, at most every KICK_FLUSH_S (and at
-# least every flush_interval_s): small batches that fit in the GPU's share of a step.
-KICK_FLUSH_S = 0.1
+# While forwards run, rows are packed once a forward is launched, at most every PACK_EVERY_S (the
+# writer thread flushes them itself when no forward has come for flush_interval_s).
+PACK_EVERY_S = 0.1
 _NEVER = 1 << 62
 
 
@@ -286,9 +287,13 @@ class StreamWriter:
 
     def write(self, batch: list) -> None:
         """Encode and append ``batch`` in this process (no encoder process, or it is gone)."""
+        self.write_text(encode_lines(batch))
+
+    def write_text(self, lines: str) -> None:
+        """Append JSON Lines already encoded."""
         if self._fh is None:
             self._fh = open(self.path, "a", encoding="utf-8")
-        self._fh.write(encode_lines(batch))
+        self._fh.write(lines)
         self._fh.flush()
 
     def close(self) -> None:
@@ -300,9 +305,14 @@ class StreamWriter:
 class RunWriter:
     """Owns a run directory: the manifest and one StreamWriter per stream.
 
-    A flusher thread takes every stream's new rows each ``flush_interval_s`` and hands them to the
-    encoder process; if that cannot start or dies, the flusher encodes them itself (slower for the
-    engine, same files) and the manifest's ``writer`` says why."""
+    While the engine runs forwards, the engine thread packs the streams' new rows (takes and pickles
+    them) right after a forward is launched (``on_overlap``), where its time hides behind the GPU, and a
+    writer thread sends the frames to the encoder process; pipe writes hold the GIL only between system
+    calls. Pickling on a thread of its own would take the GIL whenever the engine thread dropped it in
+    its host-side stages (each torch call does), and every hand-back lengthens the step. When no
+    forward has come for ``flush_interval_s`` the writer thread packs and sends by itself. If the
+    encoder cannot start or dies, the writer thread encodes the rows itself (slower for the engine,
+    same files) and the manifest's ``writer`` says why."""
 
     def __init__(self, path: str | Path, manifest: dict, flush_interval_s: float = 0.5) -> None:
         self.path = Path(path)
@@ -315,11 +325,13 @@ class RunWriter:
         self.flusher_cpu_s = 0.0
         self.encoder: HelperProcess | None = None
         self.encoder_error: str | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one packer at a time, and frames queued in the order rows were taken
+        self._frames: deque[bytes] = deque()  # packed on the engine thread, sent by the writer thread
         self._stopping = False
-        self._kick = threading.Event()  # wakes the flusher: a flush is due after a forward, or closing
+        self._wake = threading.Event()  # frames to send, a flush due without an encoder, or closing
         self._due_ns = 0
-        self.flushes_on_kick = 0
+        self.packs_after_forward = 0
+        self.pack_ns = 0  # engine-thread time spent packing after forwards
         self._thread: threading.Thread | None = None
         self.write_manifest()
 
@@ -331,7 +343,7 @@ class RunWriter:
             return self.streams[name]
 
     def start(self, use_encoder: bool = True) -> None:
-        """Start the encoder process (unless ``use_encoder`` is False) and the flusher thread."""
+        """Start the encoder process (unless ``use_encoder`` is False) and the writer thread."""
         if use_encoder:
             try:
                 self.encoder = HelperProcess("encoder process", encoder.__file__, [str(self.path)])
@@ -341,41 +353,80 @@ class RunWriter:
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            kicked = self._kick.wait(self.flush_interval_s)
+        while not self._stopping:
+            woken = self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
             if self._stopping:
                 break
-            self._kick.clear()
-            self.flush()
-            self.flushes_on_kick += kicked
-            self._due_ns = time.perf_counter_ns() + int(min(KICK_FLUSH_S, self.flush_interval_s) * 1e9)
+            with self._lock:
+                self._send_frames()
+                if not woken or self.encoder is None:  # no forward packed for a whole interval, or no encoder
+                    self._flush_locked()
         self.flusher_cpu_s = time.thread_time()
 
     def on_overlap(self, point: str, phase: str, t_ns: int, fields: dict) -> None:
-        """Subscribed to the 'overlap' hook: when a flush is due, start it once a forward is launched.
+        """Subscribed to the 'overlap' hook (the engine thread, a forward just launched): pack the rows
+        when due, at most every PACK_EVERY_S. Never waits: if the writer thread is packing by itself,
+        the rows wait for the next forward. Without an encoder process it wakes the writer thread."""
+        if t_ns < self._due_ns:
+            return
+        if self.encoder is not None:
+            if not self._lock.acquire(blocking=False):
+                return
+            try:
+                t = time.perf_counter_ns()
+                self._frames.extend(self._pack())
+                self.pack_ns += time.perf_counter_ns() - t
+                self.packs_after_forward += 1
+            finally:
+                self._lock.release()
+        self._due_ns = t_ns + int(min(PACK_EVERY_S, self.flush_interval_s) * 1e9)
+        self._wake.set()
 
-        On a GPU the engine thread then only launches sampling before it waits for the GPU (without the
-        GIL) for the rest of the forward, so the flusher's pickling overlaps GPU work instead of the
-        engine's host-side stages, where every GIL hand-over lengthens the step. Without forwards (or on
-        the CPU, where the forward has finished by then) the flusher still runs every flush_interval_s."""
-        if t_ns >= self._due_ns:
-            self._due_ns = _NEVER
-            self._kick.set()
+    def _pack(self) -> list[bytes]:
+        """Every stream's new rows as encoder frames (caller holds the lock)."""
+        frames = []
+        for s in self.streams.values():
+            batch = s.take()
+            for i in range(0, len(batch), SEND_ROWS):
+                frames.append(encoder.frame(s.schema.file, batch[i : i + SEND_ROWS]))
+        return frames
+
+    def _send_frames(self) -> None:
+        """Send the packed frames in order (caller holds the lock); if the encoder is gone, write them here."""
+        while self._frames:
+            data = self._frames.popleft()
+            if self.encoder is not None:
+                try:
+                    self.encoder.send(data)
+                    continue
+                except OSError as exc:  # it died: what it had not written is lost, the rest is not
+                    self._encoder_gone(f"the encoder process died during the run: {exc}")
+            self._write_frame(data)
+
+    def _write_frame(self, data: bytes) -> None:
+        name, payload = pickle.loads(data[encoder.HEADER :])
+        stream = next(s for s in self.streams.values() if s.schema.file == name)
+        if isinstance(payload, str):
+            stream.write_text(payload)
+        else:
+            stream.write(payload)
 
     def flush(self) -> None:
+        """Send or write everything taken so far and every stream's new rows."""
         with self._lock:
+            self._send_frames()
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self.encoder is None:
             for s in self.streams.values():
                 batch = s.take()
-                if not batch:
-                    continue
-                if self.encoder is not None:
-                    try:
-                        for i in range(0, len(batch), SEND_ROWS):
-                            self.encoder.send(encoder.frame(s.schema.file, batch[i : i + SEND_ROWS]))
-                        continue
-                    except OSError as exc:  # it died: what it had not written is lost, the rest is not
-                        self._encoder_gone(f"the encoder process died during the run: {exc}")
-                s.write(batch)
+                if batch:
+                    s.write(batch)
+            return
+        self._frames.extend(self._pack())
+        self._send_frames()
 
     def _encoder_gone(self, reason: str) -> None:
         proc, self.encoder = self.encoder, None
@@ -391,7 +442,8 @@ class RunWriter:
             "encoder_cpu_s": report.get("cpu_s"),
             "flusher_cpu_s": round(self.flusher_cpu_s, 4),
             "flush_interval_s": self.flush_interval_s,
-            "flushes_after_forward": self.flushes_on_kick,
+            "packs_after_forward": self.packs_after_forward,
+            "pack_after_forward_s": round(self.pack_ns / 1e9, 4),
         }
 
     def write_manifest(self) -> None:
@@ -404,7 +456,7 @@ class RunWriter:
     def close(self, status: str) -> dict:
         """Stop the flusher, write what is left, wait for the encoder, write the final manifest; returns it."""
         self._stopping = True
-        self._kick.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join()
         self.flush()
