@@ -1,14 +1,15 @@
-"""CUDA allocator probe (stream 'cuda_memory'): torch's caching-allocator counters after every step,
+"""CUDA allocator probe (stream 'cuda_memory'): torch's caching-allocator counters once per step,
 and optionally a ``torch.cuda.memory`` snapshot for https://pytorch.org/memory_viz.
 
 It reads ``torch.cuda.memory_stats_as_nested_dict`` (the allocator's own dict; ``memory_stats`` would
-flatten and sort its few hundred entries in Python on every step). One call per step, so this probe is
-in ``all``, not ``default``. Absent (no rows, the reason in the manifest) without CUDA.
+flatten and sort its few hundred entries in Python on every step) at the 'overlap' point, once the
+step's forward is launched: its inputs are allocated, the previous step's temporaries freed, and the
+read hides behind the GPU. One call per step, so this probe is in ``all``, not ``default``. Absent
+(no rows, the reason in the manifest) without CUDA.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from traceinfer.probes.base import Probe, ProbeContext
@@ -24,7 +25,6 @@ class CudaMemoryProbe(Probe):
 
     def __init__(self, ctx: ProbeContext) -> None:
         super().__init__(ctx)
-        self._steps = ctx.steps
         self._torch = None
         self.snapshot: str | None = None
         device = ctx.engine.device
@@ -41,7 +41,7 @@ class CudaMemoryProbe(Probe):
         self._append = ctx.writer.stream("cuda_memory").rows.append
 
     def subscriptions(self) -> dict[str, Callable]:
-        return {"step": self._on_step} if self._torch is not None else {}
+        return {"overlap": self._on_overlap} if self._torch is not None else {}
 
     def start(self) -> None:
         if self._torch is not None:
@@ -49,15 +49,13 @@ class CudaMemoryProbe(Probe):
             if self.ctx.options.memory_snapshot:
                 self._torch.cuda.memory._record_memory_history(max_entries=100_000)
 
-    def _on_step(self, point: str, phase: str, t: int, fields: dict) -> None:
-        if phase != "E":
-            return
+    def _on_overlap(self, point: str, phase: str, t: int, fields: dict) -> None:
         s = self._torch.cuda.memory_stats_as_nested_dict(self._device)
         allocated = s["allocated_bytes"]["all"]
         reserved = s["reserved_bytes"]["all"]["current"]
         frag = 1.0 - allocated["current"] / reserved if reserved else None
         self._append(
-            (time.perf_counter_ns(), self._steps.step, allocated["current"], reserved,
+            (t, fields["step"], allocated["current"], reserved,
              s["active_bytes"]["all"]["current"], s["inactive_split_bytes"]["all"]["current"], frag,
              allocated["peak"], s["num_alloc_retries"], s["num_ooms"])
         )  # fmt: skip

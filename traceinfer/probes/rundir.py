@@ -235,7 +235,7 @@ STREAMS: dict[str, StreamSchema] = {
         ),
         StreamSchema(
             "cuda_memory",
-            "torch CUDA caching allocator after every step (probe 'cuda_memory')",
+            "torch CUDA caching allocator once per step, read once its forward is launched (probe 'cuda_memory')",
             {
                 "t_ns": "perf_counter_ns",
                 "step": "engine step",
