@@ -2,7 +2,8 @@
 
 A probe is a set of hook subscribers (``subscriptions()``: point -> callable) plus, for samplers, a
 thread. A subscriber does as little as it can: read the clock the hook gave it, build one tuple,
-append it to a stream's row list. Encoding and writing happen on the run writer's flusher thread.
+append it to a stream's row list. The run writer pickles the rows behind the GPU and an encoder process
+writes them (traceinfer.probes.rundir).
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ A stream file is JSON Lines: the first line is a header object, every later line
     [[81723640311,0,["0","1"],[0,0],[5121,913]]]          a packed row: one token per list element
     [[81724101233,1,"0",1,77]]
 
-Probes only append tuples to a stream's row list. Every ``flush_interval_s`` (0.5 s) a flusher thread
-hands the new rows to an encoder process (traceinfer.probes.encoder), which JSON-encodes and appends
-them, so the engine's process pays for a ``pickle.dumps`` instead of a ``json.dumps``. A crash or
+Probes only append tuples to a stream's row list. Right after a forward is launched (at most every
+0.1 s), or every ``flush_interval_s`` (0.5 s) when no forward comes, the new rows are pickled and handed
+to an encoder process (traceinfer.probes.encoder), which JSON-encodes and appends them, so the engine's
+process pays for a ``pickle.dumps`` instead of a ``json.dumps``, and pays it while the GPU computes. A crash or
 Ctrl-C loses at most the last half second; the encoder writes all it was sent even when the engine's
 process dies, and a torn last line is skipped by ``read_stream`` with a warning. A live reader can
 tail the files. Times are ``time.perf_counter_ns()`` of the process that wrote them; the
@@ -56,7 +57,6 @@ SEND_ROWS = 256
 # While forwards run, rows are packed once a forward is launched, at most every PACK_EVERY_S (the
 # writer thread flushes them itself when no forward has come for flush_interval_s).
 PACK_EVERY_S = 0.1
-_NEVER = 1 << 62
 
 
 @dataclass(frozen=True)
