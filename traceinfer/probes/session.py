@@ -142,7 +142,9 @@ class ProbeSession:
             self.writer.write_manifest()
 
     def close(self, status: str = "completed", error: str | None = None, **manifest_fields: Any) -> dict:
-        """Unsubscribe, stop every probe, flush, write the final manifest; returns it. Safe to call twice."""
+        """Take the events the engine still holds, unsubscribe, stop every probe, flush, write the final
+        manifest; returns it. Safe to call twice. Call it from the thread that steps the engine (or while
+        the engine is not stepping): the hand-over touches the engine's pending events."""
         if self.closed:
             return self.writer.manifest
         try:
