@@ -153,6 +153,28 @@ def test_run_bench_end_to_end(tmp_path, capsys):
     assert "TTFT includes queueing" in printed and "physical floor" in printed and str(out) in printed
 
 
+def test_probe_sets_are_compared_in_rotated_repeated_runs(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = parse(
+        "--device", "cpu", "--num-requests", "3", "--min-input-len", "8", "--max-input-len", "24",
+        "--min-output-len", "4", "--max-output-len", "12", "--num-kv-blocks", "64", "--json", str(out),
+        "--probes", "off,steps", "--repeat", "3",
+    )  # fmt: skip
+    assert run_bench(args) == 0
+    result = json.loads(out.read_text())
+    runs = {spec: r["details"]["output_tok_s_runs"] for spec, r in result["probe_runs"].items()}
+    assert list(runs) == ["off", "steps"] and all(len(v) == 3 for v in runs.values())
+    for spec, r in result["probe_runs"].items():  # each set's result is its median run
+        assert r["output_tok_s"] == sorted(runs[spec])[1] and r["details"]["probes"] == spec
+    off, steps = (result["probe_runs"][s]["output_tok_s"] for s in ("off", "steps"))
+    assert result["probe_cost_pct"] == {"steps": pytest.approx(100 * (1 - steps / off))}
+    assert result["probe_off_spread_pct"] == pytest.approx(50 * (max(runs["off"]) - min(runs["off"])) / off)
+    assert result["traceinfer"]["output_tok_s"] == off  # the headline is the first set's
+    printed = capsys.readouterr().out
+    assert "cost vs off" in printed and f"{result['probe_cost_pct']['steps']:+.2f}%" in printed
+    assert "run-to-run drift" in printed
+
+
 def test_compare_hf_runs_the_same_requests():
     spec = WorkloadSpec(num_requests=3, **SMALL)
     opts = BenchOptions(

@@ -26,6 +26,7 @@ import json
 import math
 import platform
 import random
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -433,6 +434,15 @@ def probe_costs(runs: dict[str, RunResult]) -> dict[str, float] | None:
     return {spec: 100.0 * (1.0 - r.output_tok_s / base) for spec, r in runs.items() if spec != "off"}
 
 
+def run_spread_pct(runs: dict[str, RunResult]) -> float | None:
+    """How far one run of 'off' strays from their median, in percent: half the range of its repeated
+    runs over their median. Probe costs smaller than this are within the run-to-run drift."""
+    values = runs["off"].details.get("output_tok_s_runs", []) if "off" in runs else []
+    if len(values) < 2:
+        return None
+    return 50.0 * (max(values) - min(values)) / statistics.median(values)
+
+
 # checkpoint projections packed into one engine parameter, in shard order
 _UNFUSE = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -692,6 +702,7 @@ def run_benchmark(opts: BenchOptions) -> dict:
         "fraction_of_floor": ours.output_tok_s / floor.output_tok_s,
         "probe_runs": {spec: dataclasses.asdict(r) for spec, r in run.probe_runs.items()},
         "probe_cost_pct": probe_costs(run.probe_runs),
+        "probe_off_spread_pct": run_spread_pct(run.probe_runs),
     }
 
 
@@ -747,6 +758,10 @@ def format_report(result: dict) -> str:
             cost = "-" if spec == "off" else f"{costs[spec]:+.2f}%"
             each = ", ".join(f"{x:,.0f}" for x in r["details"].get("output_tok_s_runs", []))
             lines.append(f"{spec:<10}  {r['output_tok_s']:>12,.1f}   {cost:>11}   {each}")
+        spread = result.get("probe_off_spread_pct")
+        if spread is not None:
+            lines.append(f"(runs of off lie within +-{spread:.1f}% of their median: smaller costs are within the "
+                         "run-to-run drift; more --repeat narrows the medians)")  # fmt: skip
     steps = ours["details"]["engine_steps"]
     rates = result["device_rates"]
     lines += [
