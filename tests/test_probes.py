@@ -428,19 +428,24 @@ def _wait_for_rows(run_dir, stream: str, n: int) -> int:
 def test_the_encoder_process_writes_and_the_writer_outlives_its_death(tmp_path):
     np = pytest.importorskip("numpy")
     run = tmp_path / "run"
-    writer = RunWriter(run, {}, flush_interval_s=0.02)
+    writer = RunWriter(run, {}, flush_interval_s=30)  # only packs after forwards, and close, write
     writer.start()
     assert writer.encoder is not None and writer.encoder.proc.poll() is None
     gc_rows = writer.stream("gc").rows
     gc_rows.extend((i, 1, 0, 0, 0, i, False, "t") for i in range(3))
     gc_rows.append((3, np.int64(7), 0, 0, 0, 3, False, lambda: 0))  # pickle cannot carry the lambda
+    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})
     assert _wait_for_rows(run, "gc", 4) == 4
     writer.encoder.proc.kill()
     writer.encoder.proc.wait()
     gc_rows.extend((i, 1, 0, 0, 0, i, False, "t") for i in range(4, 6))
+    time.sleep(0.1)  # the next pack is due
+    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})  # packed for a dead encoder: written here
+    assert _wait_for_rows(run, "gc", 6) == 6 and writer.encoder is None
+    gc_rows.append((6, 1, 0, 0, 0, 6, False, "t"))
     manifest = writer.close("completed")
     rows = read_stream(run, "gc")
-    assert [r["t_ns"] for r in rows] == list(range(6)) and rows[3]["dur_ns"] == 7 and rows[3]["thread"].startswith("<function")
+    assert [r["t_ns"] for r in rows] == list(range(7)) and rows[3]["dur_ns"] == 7 and rows[3]["thread"].startswith("<function")
     assert manifest["writer"]["encoder"] == "flusher thread"
     assert "died during the run" in manifest["writer"]["error"]
 
