@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from traceinfer.bench import CPU_WORKLOAD, CUDA_MODEL, CUDA_WORKLOAD, make_workload, synchronize
+from traceinfer.bench import CPU_WORKLOAD, CUDA_MODEL, CUDA_WORKLOAD, make_workload, synchronize, warm_up
 from traceinfer.engine.llm_engine import LLM
 from traceinfer.probes import ProbeOptions, attach
 
@@ -123,10 +123,7 @@ def main() -> int:
     cuda = engine.device.type == "cuda"
     spec = dataclasses.replace(CUDA_WORKLOAD if cuda else CPU_WORKLOAD, num_requests=args.num_requests)
     prompts, params = make_workload(spec)
-    llm.generate(prompts, [dataclasses.replace(p, max_tokens=min(p.max_tokens, 4)) for p in params])
-    if args.full_warmup:  # the whole workload once, untimed: the first full run is slower than the rest
-        engine.block_manager.reset_prefix_cache()
-        llm.generate(prompts, params)
+    warm_up(llm, prompts, params, full=args.full_warmup)
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     main_thread = threading.main_thread()
     assert threading.current_thread() is main_thread

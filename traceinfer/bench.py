@@ -346,6 +346,19 @@ class EngineRun:
     probe_runs: dict = field(default_factory=dict)  # probe set -> RunResult
 
 
+def warm_up(llm, prompts: list[list[int]], params: list[SamplingParams], full: bool) -> None:
+    """The whole workload at 4 tokens each: every prefill chunk shape and mixed-step decode split a timed
+    run meets gets its Triton compile here (a cold cache costs ~4 s of compiles otherwise), and the
+    allocator grows to its working size. ``full``: then the whole workload once more, for runs compared
+    with each other: the first full run after the short warm-up came out ~10% slower than later ones in
+    every H100 experiment (docs/benchmarks.md). The prefix cache is left empty."""
+    llm.generate(prompts, [dataclasses.replace(p, max_tokens=min(p.max_tokens, 4)) for p in params])
+    if full:
+        llm.engine.block_manager.reset_prefix_cache()
+        llm.generate(prompts, params)
+    llm.engine.block_manager.reset_prefix_cache()
+
+
 def run_traceinfer(
     engine_options: dict,
     prompts: list[list[int]],
@@ -363,17 +376,10 @@ def run_traceinfer(
 
     llm = LLM(config_file=config_file, **engine_options)
     engine = llm.engine
-    # warm-up on the whole workload, 4 tokens each: every prefill chunk shape and mixed-step decode split the
-    # timed run meets gets its Triton compile here (a cold cache costs ~4 s of compiles otherwise), and the
-    # allocator grows to its working size; the prefix cache is emptied before each timed run
-    llm.generate(prompts, [dataclasses.replace(p, max_tokens=min(p.max_tokens, 4)) for p in params])
+    order = [probe_sets[(i + r) % len(probe_sets)] for r in range(repeat) for i in range(len(probe_sets))]
+    warm_up(llm, prompts, params, full=len(order) > 1)
     all_runs: dict[str, list[RunResult]] = {spec: [] for spec in probe_sets}
     steps = StepCounter()
-    order = [probe_sets[(i + r) % len(probe_sets)] for r in range(repeat) for i in range(len(probe_sets))]
-    if len(order) > 1:
-        # runs compared with each other: one untimed full run first, since the first full run after the
-        # short warm-up came out ~10% slower than later ones in every H100 experiment (docs/benchmarks.md)
-        llm.generate(prompts, params)
     for spec in order:
         engine.block_manager.reset_prefix_cache()  # each run starts cold, or later runs would hit earlier prompts
         counter = StepCounter()
