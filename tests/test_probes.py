@@ -246,6 +246,7 @@ def test_step_trace_rows(make_llm, tmp_path):
         stages = [r[f"{s}_ns"] for s in ("schedule", "prepare", "forward", "sample", "postprocess")]
         assert all(v is not None and v >= 0 for v in stages)
         assert sum(stages) + r["other_ns"] == r["dur_ns"]
+        assert r["handover_ns"] is not None and 0 <= r["handover_ns"] <= r["other_ns"]
         assert r["gpu_forward_ns"] is None and r["gpu_gap_ns"] is None  # absent on CPU, not 0
         assert r["cuda_graph"] is False and r["token_budget"] == engine.config.max_num_batched_tokens
     assert sum(r["num_prefill_tokens"] for r in rows) == sum(map(len, prompts))
@@ -555,7 +556,7 @@ def test_perfetto_trace_validates_and_merges_every_stream(make_llm, tmp_path):
     assert trace == json.loads(json.dumps(build_trace(session.run_dir)))
     events = trace["traceEvents"]
     names = {e["name"] for e in events}
-    assert {"step", "schedule", "prepare_inputs", "forward (eager)", "sample", "postprocess"} <= names
+    assert {"step", "schedule", "prepare_inputs", "forward (eager)", "probe hand-over", "sample", "postprocess"} <= names
     assert {"KV blocks", "queues", "batch tokens", "process CPU %", "RSS MB", "gc gen2"} <= names
     assert {"queued", "prefill", "decode", "preempted"} <= names
     threads = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == 3}

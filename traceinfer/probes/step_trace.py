@@ -1,7 +1,8 @@
 """Step trace: one row per engine step (stream 'steps').
 
 Host time is split into the five stages the engine marks (schedule, prepare inputs, forward launch,
-sample, postprocess) plus the rest. The schedule span's end carries the batch summary (sequences and
+sample, postprocess) plus the rest, of which the hand-over of the step's events to the probes, right
+after the forward's launch, is a column of its own (the probes' cost, hidden behind the GPU). The schedule span's end carries the batch summary (sequences and
 tokens by kind, cached tokens, token budget, queue lengths, free blocks). On CUDA a pair of events is
 recorded on the engine's stream at the forward's begin and end; they are read while a later forward
 runs (or at the end), never waited on, giving the forward's GPU time and the GPU idle gap before it.
@@ -35,6 +36,7 @@ _SUMMARY = [  # schedule end fields copied into the row
 ]  # fmt: skip
 _STEP, _T, _DUR, _OTHER = _I["step"], _I["t_ns"], _I["dur_ns"], _I["other_ns"]
 _GPU, _GAP, _GRAPH, _OUTPUTS = _I["gpu_forward_ns"], _I["gpu_gap_ns"], _I["cuda_graph"], _I["num_outputs"]
+_FWD_START, _FWD, _HANDOVER = _I["forward_start_ns"], _I["forward_ns"], _I["handover_ns"]
 
 
 class StepTraceProbe(Probe):
@@ -64,9 +66,7 @@ class StepTraceProbe(Probe):
 
     # -- subscribers -----------------------------------------------------------------------
     def subscriptions(self) -> dict[str, Callable]:
-        subs: dict[str, Callable] = {"step": self._on_step, "schedule": self._on_schedule}
-        if self._cuda is not None:
-            subs["overlap"] = self._on_overlap
+        subs: dict[str, Callable] = {"step": self._on_step, "schedule": self._on_schedule, "overlap": self._on_overlap}
         for point, prefix in _STAGES.items():
             if point not in subs:
                 subs[point] = self._stage(point, _I[f"{prefix}_start_ns"], _I[f"{prefix}_ns"])
@@ -94,7 +94,11 @@ class StepTraceProbe(Probe):
         self._fwd = [None, None]
 
     def _on_overlap(self, point: str, phase: str, t: int, fields: dict) -> None:
-        self._resolve(block=False)  # the last steps' rows, while the GPU runs this step's forward
+        cur = self._cur
+        if cur is not None and cur[_FWD] is not None:  # 'overlap' comes right after the engine's hand-over
+            cur[_HANDOVER] = t - cur[_FWD_START] - cur[_FWD]
+        if self._cuda is not None:
+            self._resolve(block=False)  # the last steps' rows, while the GPU runs this step's forward
 
     def _on_schedule(self, point: str, phase: str, t: int, fields: dict) -> None:
         cur = self._cur
