@@ -188,7 +188,8 @@ def run_profile(args: argparse.Namespace) -> int:
         overhead = overhead_figure(result, baseline)
         update_manifest(out, overhead=overhead)
         print(f"probes cost {overhead['cost_pct']:.1f}% of throughput ({result['output_tok_s']:,.1f} tok/s probed, "
-              f"{baseline['output_tok_s']:,.1f} tok/s with probes off; one run each)")  # fmt: skip
+              f"{baseline['output_tok_s']:,.1f} tok/s with probes off; one run each, which drift by a few %: "
+              f"`traceinfer bench --probes off,{options.select.replace(',', '+')} --repeat 7` measures it closer)")  # fmt: skip
     _print_files(out, final, trace)
     return 0
 
