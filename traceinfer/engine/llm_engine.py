@@ -212,11 +212,9 @@ class LLMEngine:
         Token indices are read here: no sequence gains a token between a postprocess and the next forward.
         """
         self.block_manager.flush_ops()
-        if not self._deferred:
-            return
-        deferred, self._deferred = self._deferred, []
-        tokens_point = self.hooks.tokens
-        for point, t, fields in deferred:
+        deferred, tokens_point = self._deferred, self.hooks.tokens
+        while deferred:  # one at a time: a Ctrl-C in a subscriber leaves the rest for ProbeSession.close
+            point, t, fields = deferred.pop(0)
             if point is tokens_point:
                 step, seqs, token_ids = fields
                 fields = {
@@ -244,10 +242,7 @@ class LLMEngine:
     def _postprocess(self, scheduled: list[ScheduledSeq], sampled: list[Sequence], tokens: list[int]) -> list[RequestOutput]:
         outputs = []
         now = time.perf_counter_ns()
-        if tokens and self.hooks.tokens:
-            # one 'tokens' event per step, not one per sequence (at 256 sequences a call each would cost ~1% of
-            # a step), its lists built at hand-over, behind the next forward
-            self._deferred.append((self.hooks.tokens, now, (self.step_index, sampled, tokens)))
+        first_finish = len(self._deferred)  # this step's finishes are deferred from here on
         tokens_left = iter(tokens)
         for s in scheduled:
             seq = s.seq
@@ -262,6 +257,11 @@ class LLMEngine:
             if reason is not None:
                 self.scheduler.remove(seq)
                 outputs.append(self._finish(seq, reason))
+        if tokens and self.hooks.tokens:
+            # one 'tokens' event per step, not one per sequence (at 256 sequences a call each would cost ~1% of
+            # a step), its lists built at hand-over, behind the next forward. Recorded once every token is appended
+            # (a Ctrl-C halfway loses the event rather than mislabel it), ahead of the step's finishes.
+            self._deferred.insert(first_finish, (self.hooks.tokens, now, (self.step_index, sampled, tokens)))
         return outputs
 
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
