@@ -472,6 +472,13 @@ def test_rows_are_packed_after_forwards_and_flushed_without_them(tmp_path):
     assert _wait_for_rows(run, "gc", 2) == 2 and writer.packs_after_forward == 2
     assert writer.close("completed")["writer"]["packs_after_forward"] == 2
 
+    cpu = RunWriter(tmp_path / "cpu", {}, flush_interval_s=30, pack_after_forward=False)  # nothing to hide behind
+    cpu.start()
+    cpu.stream("gc").rows.append((1, 1, 0, 0, 0, 1, False, "t"))
+    cpu.on_overlap("overlap", "i", time.perf_counter_ns(), {})  # wakes the writer thread, which packs
+    assert _wait_for_rows(tmp_path / "cpu", "gc", 1) == 1 and cpu.packs_after_forward == 0
+    assert cpu.close("completed")["writer"]["packer"] == "writer thread"
+
     quiet = RunWriter(tmp_path / "quiet", {}, flush_interval_s=0.05)  # no forwards: the writer thread flushes
     quiet.start()
     quiet.stream("gc").rows.append((1, 1, 0, 0, 0, 1, False, "t"))

@@ -307,16 +307,19 @@ class StreamWriter:
 class RunWriter:
     """Owns a run directory: the manifest and one StreamWriter per stream.
 
-    While the engine runs forwards, the engine thread packs the streams' new rows (takes and pickles
-    them) right after a forward is launched (``on_overlap``), where its time hides behind the GPU, and a
-    writer thread sends the frames to the encoder process; pipe writes hold the GIL only between system
-    calls. Pickling on a thread of its own would take the GIL whenever the engine thread dropped it in
-    its host-side stages (each torch call does), and every hand-back lengthens the step. When no
-    forward has come for ``flush_interval_s`` the writer thread packs and sends by itself. If the
-    encoder cannot start or dies, the writer thread encodes the rows itself (slower for the engine,
+    While a GPU engine runs forwards (``pack_after_forward``), the engine thread packs the streams' new
+    rows (takes and pickles them) right after a forward is launched (``on_overlap``), where its time
+    hides behind the GPU, and a writer thread sends the frames to the encoder process; pipe writes hold
+    the GIL only between system calls. Pickling on a thread of its own would take the GIL whenever the
+    engine thread dropped it in its host-side stages (each torch call does), and every hand-back
+    lengthens the step. On a CPU there is nothing to hide behind, so the writer thread packs, woken by
+    the same call. When no forward has come for ``flush_interval_s`` it packs and sends by itself. If
+    the encoder cannot start or dies, the writer thread encodes the rows itself (slower for the engine,
     same files) and the manifest's ``writer`` says why."""
 
-    def __init__(self, path: str | Path, manifest: dict, flush_interval_s: float = 0.5) -> None:
+    def __init__(
+        self, path: str | Path, manifest: dict, flush_interval_s: float = 0.5, pack_after_forward: bool = True
+    ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         if (self.path / MANIFEST).exists():
@@ -324,6 +327,7 @@ class RunWriter:
         self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "status": "running", **manifest}
         self.streams: dict[str, StreamWriter] = {}
         self.flush_interval_s = flush_interval_s
+        self.pack_after_forward = pack_after_forward
         self.flusher_cpu_s = 0.0
         self.encoder: HelperProcess | None = None
         self.encoder_error: str | None = None
@@ -362,17 +366,18 @@ class RunWriter:
                 break
             with self._lock:
                 self._send_frames()
-                if not woken or self.encoder is None:  # no forward packed for a whole interval, or no encoder
-                    self._flush_locked()
+                if not woken or self.encoder is None or not self.pack_after_forward:
+                    self._flush_locked()  # nothing packed for a whole interval, or this thread packs
         self.flusher_cpu_s = time.thread_time()
 
     def on_overlap(self, point: str, phase: str, t_ns: int, fields: dict) -> None:
         """Subscribed to the 'overlap' hook (the engine thread, a forward just launched): pack the rows
         when due, at most every PACK_EVERY_S. Never waits: if the writer thread is packing by itself,
-        the rows wait for the next forward. Without an encoder process it wakes the writer thread."""
+        the rows wait for the next forward. On a CPU, or without an encoder process, it wakes the
+        writer thread to pack (or encode) instead."""
         if t_ns < self._due_ns:
             return
-        if self.encoder is not None:
+        if self.pack_after_forward and self.encoder is not None:
             if not self._lock.acquire(blocking=False):
                 return
             try:
@@ -444,6 +449,7 @@ class RunWriter:
             "encoder_cpu_s": report.get("cpu_s"),
             "flusher_cpu_s": round(self.flusher_cpu_s, 4),
             "flush_interval_s": self.flush_interval_s,
+            "packer": "engine thread after forwards" if self.pack_after_forward else "writer thread",
             "packs_after_forward": self.packs_after_forward,
             "pack_after_forward_s": round(self.pack_ns / 1e9, 4),
         }

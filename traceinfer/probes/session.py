@@ -233,7 +233,8 @@ def attach(
         },
         **(manifest or {}),
     }
-    writer = RunWriter(path, base, options.flush_interval_s)
+    # behind the GPU the engine thread packs rows for free; on a CPU the writer thread does it
+    writer = RunWriter(path, base, options.flush_interval_s, pack_after_forward=engine.device.type == "cuda")
     session = ProbeSession(engine, names, writer, options, temporary)
     writer.manifest["clock"].update(t0_ns=session.t0_ns, unix_at_t0=session.t0_unix)
     try:
