@@ -20,7 +20,7 @@ A stream file is JSON Lines: the first line is a header object, every later line
 Probes only append tuples to a stream's row list. Right after a forward is launched (at most every
 0.1 s), or every ``flush_interval_s`` (0.5 s) when no forward comes, the new rows are pickled and handed
 to an encoder process (traceinfer.probes.encoder), which JSON-encodes and appends them, so the engine's
-process pays for a ``pickle.dumps`` instead of a ``json.dumps``, and pays it while the GPU computes. A crash or
+process pays for a ``pickle.dumps`` instead of a ``json.dumps``, on a GPU while the GPU computes. A crash or
 Ctrl-C loses at most the last half second; the encoder writes all it was sent even when the engine's
 process dies, and a torn last line is skipped by ``read_stream`` with a warning. A live reader can
 tail the files. Times are ``time.perf_counter_ns()`` of the process that wrote them; the
