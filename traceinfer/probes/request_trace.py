@@ -56,7 +56,7 @@ class RequestTraceProbe(Probe):
         for o in f["ops"]:
             op = o[_OP]  # an index, not the attribute: ~30 ops per decode step
             if (op == "allocate" or op == "hit") and o[_REQUEST] in known:
-                cached = len(o.block_ids) * self._block_size if o.op == "hit" else 0
+                cached = len(o.block_ids) * self._block_size if op == "hit" else 0
                 self._event(o.t_ns, o.step, o.request_id, "scheduled", cached_tokens=cached)
 
     def _on_preempt(self, point: str, phase: str, t: int, f: dict) -> None:
