@@ -4,9 +4,9 @@ Host time is split into the five stages the engine marks (schedule, prepare inpu
 sample, postprocess) plus the rest, of which the hand-over of the step's events to the probes, right
 after the forward's launch, is a column of its own (the probes' cost, hidden behind the GPU). The
 schedule span's end carries the batch summary (sequences and tokens by kind, cached tokens, token
-budget, queue lengths, free blocks). On CUDA a pair of events is
-recorded on the engine's stream at the forward's begin and end; they are read while a later forward
-runs (or at the end), never waited on, giving the forward's GPU time and the GPU idle gap before it.
+budget, queue lengths, free blocks). On CUDA a pair of events is recorded on the engine's stream at
+the forward's begin and end; they are read while a later forward runs (or at the end), never waited
+on, giving the forward's GPU time and the GPU idle gap before it.
 """
 
 from __future__ import annotations
