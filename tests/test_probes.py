@@ -27,8 +27,8 @@ from traceinfer.probes.rundir import STREAMS, RunWriter, iter_stream
 from traceinfer.probes import sampler_process
 from traceinfer.probes.sampler_process import GpuReader, HostReader
 from traceinfer.probes.samplers import StepCell
-from traceinfer.reports import kv_analysis, request_analysis
-from traceinfer.reports.frames import load_frame
+from traceinfer.reports import kv_analysis, request_analysis, step_analysis
+from traceinfer.reports.frames import frame_from_rows, load_frame
 from traceinfer.reports.perfetto import build_trace, write_trace
 
 
@@ -246,7 +246,10 @@ def test_step_trace_rows(make_llm, tmp_path):
         stages = [r[f"{s}_ns"] for s in ("schedule", "prepare", "forward", "sample", "postprocess")]
         assert all(v is not None and v >= 0 for v in stages)
         assert sum(stages) + r["other_ns"] == r["dur_ns"]
-        assert r["handover_ns"] is not None and 0 <= r["handover_ns"] <= r["other_ns"]
+        # the hand-over to the probes lies between the forward's launch and sampling, within other_ns
+        assert 0 <= r["handover_ns"] <= r["other_ns"]
+        assert r["forward_start_ns"] + r["forward_ns"] <= r["handover_start_ns"]
+        assert r["handover_start_ns"] + r["handover_ns"] <= r["sample_start_ns"]
         assert r["gpu_forward_ns"] is None and r["gpu_gap_ns"] is None  # absent on CPU, not 0
         assert r["cuda_graph"] is False and r["token_budget"] == engine.config.max_num_batched_tokens
     assert sum(r["num_prefill_tokens"] for r in rows) == sum(map(len, prompts))
@@ -258,6 +261,20 @@ def test_step_trace_rows(make_llm, tmp_path):
 
 
 # -- samplers, threads, absent hardware ------------------------------------------------------
+def test_handover_summary_by_hand():
+    steps = frame_from_rows("steps", [
+        {"step": i, "handover_ns": h and h * 1000, "gpu_forward_ns": g * 1000}
+        for i, (h, g) in enumerate([(100, 1000), (200, 150), (300, 5000), (None, 900)])
+    ])  # fmt: skip
+    s = step_analysis.handover_summary(steps)
+    assert (s["steps"], s["median_us"], s["max_us"], s["gpu_forward_median_us"]) == (3, 200, 300, 1000)
+    assert (s["exposed_steps"], s["exposed_us"]) == (1, 50)  # 200 us of hand-over behind a 150 us forward
+    assert "behind the forward's GPU time (median 1,000 us) in 2 of 3 steps; 50 us exposed" in step_analysis.describe_handover(s)
+    cpu = step_analysis.handover_summary(steps.assign(gpu_forward_ns=None))
+    assert cpu["exposed_steps"] is None and "on the host's path" in step_analysis.describe_handover(cpu)
+    assert step_analysis.handover_summary(steps.assign(handover_ns=None)) is None
+
+
 def test_samplers_and_threads_record_and_absent_hardware_is_absent(make_llm, tmp_path):
     llm = make_llm(num_kv_blocks=64)
     options = ProbeOptions(sample_hz=200, stack_hz=200)

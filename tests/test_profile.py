@@ -84,6 +84,8 @@ def test_profile_writes_a_complete_run_directory(tmp_path, capsys):
     assert o["probed_output_tok_s"] == m["results"]["output_tok_s"]
     assert m["command"][:2] == ["traceinfer", "profile"] and m["warmup"] == "workload"
     assert "warm-up: the workload once" in printed
+    assert m["handover"]["steps"] == m["results"]["engine_steps"] and m["handover"]["exposed_steps"] is None  # CPU
+    assert f"probe hand-over: median {m['handover']['median_us']:,.0f} us per step" in printed
     for name in ("steps", "requests", "tokens", "kv_events", "gc", "host_samples", "thread_samples"):
         assert name in m["streams"], name
     assert len(read_stream(out, "tokens")) == m["results"]["output_tokens"]

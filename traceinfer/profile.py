@@ -121,7 +121,9 @@ def run_profile(args: argparse.Namespace) -> int:
     from traceinfer.engine.sampling_params import SamplingParams
     from traceinfer.probes import ProbeOptions, attach, resolve_probes
     from traceinfer.probes.rundir import update_manifest
+    from traceinfer.reports.frames import load_frame
     from traceinfer.reports.perfetto import write_trace
+    from traceinfer.reports.step_analysis import describe_handover, handover_summary
 
     options = ProbeOptions(
         select=args.probes, sample_hz=args.sample_hz, stack_hz=args.stack_hz, nvtx_layers=args.nvtx_layers,
@@ -177,6 +179,10 @@ def run_profile(args: argparse.Namespace) -> int:
 
     print(f"{result['requests']} requests, {result['output_tokens']:,} output tokens in {result['seconds']:.2f} s: "
           f"{result['output_tok_s']:,.1f} output tok/s ({result['engine_steps']} steps)")  # fmt: skip
+    handover = handover_summary(load_frame(out, "steps")) if "steps" in names else None
+    if handover is not None:  # the probes' own share of each step, measured
+        update_manifest(out, handover=handover)
+        print(describe_handover(handover))
     if args.baseline and names:
         _reset_prefix_cache(engine)
         try:

@@ -30,7 +30,7 @@ Subscriber = Callable[[str, Phase, int, dict], None]
 #: Every hook point the engine calls, in the order a step reaches them.
 HOOK_POINTS: tuple[str, ...] = (
     "add_request",  # i: request_id, prompt_len, max_tokens, priority, arrival_ns
-    "step",  # span: step
+    "step",  # span: step; end: num_outputs, overlap ((start, duration) ns of the work at 'overlap', or None)
     "schedule",  # span: step; end carries the scheduled batch summary
     "block_manager",  # span around a block-manager call that does work: call, request_id
     "block",  # i: ops (list of block_manager.BlockOp, each with its time and step), handed over at 'overlap'

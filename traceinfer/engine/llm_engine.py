@@ -102,6 +102,7 @@ class LLMEngine:
         # instant events handed to the hooks late (see hand_over_events): (point, t_ns, fields); a
         # 'tokens' entry holds (step, sequences, token ids), its lists are built at hand-over
         self._deferred: list[tuple] = []
+        self._overlap_span: tuple[int, int] | None = None  # (start, duration) in ns of this step's _overlap
         # the model, torch and transformers leave ~10^5 long-lived objects; freezing them keeps full
         # collections in the serving loop from scanning them again and again (vLLM does the same)
         gc.collect()
@@ -179,6 +180,7 @@ class LLMEngine:
         hooks = self.hooks
         outputs: list[RequestOutput] = []
         self.block_manager.step = self.step_index
+        self._overlap_span = None
         with hooks.step.span(step=self.step_index) as step_info:
             with hooks.schedule.span(step=self.step_index) as info:
                 out = self.scheduler.schedule()
@@ -193,15 +195,18 @@ class LLMEngine:
             if out.is_empty or not self.scheduler.has_unfinished():
                 self.hand_over_events()  # no next forward to hide the hand-over behind
             if step_info is not None:
-                step_info.update(step=self.step_index, num_outputs=len(outputs))
+                step_info.update(step=self.step_index, num_outputs=len(outputs), overlap=self._overlap_span)
         self.step_index += 1
         return outputs
 
     def _overlap(self) -> None:
-        """The runner calls this once the step's forward is launched: host work here hides behind the GPU."""
+        """The runner calls this once the step's forward is launched: host work here hides behind the GPU.
+        Its start and duration go to the step's end event ('overlap'): the probes' share of the step."""
+        t0 = time.perf_counter_ns()
         self.hand_over_events()
         if self.hooks.overlap:
             self.hooks.overlap.emit(step=self.step_index)
+        self._overlap_span = (t0, time.perf_counter_ns() - t0)
 
     def hand_over_events(self) -> None:
         """Hand the hooks what they get late: the block ops recorded so far, then the tokens and finishes

@@ -104,8 +104,10 @@ STREAMS: dict[str, StreamSchema] = {
                     )
                 },
                 "other_ns": "host time of the step outside the five stages",
-                "handover_ns": "host time handing the step's events to the probes once the forward is launched "
-                "(part of other_ns; hidden behind the GPU while shorter than gpu_forward_ns)",
+                "handover_start_ns": "once the forward is launched, the engine hands the step's events to the probes "
+                "and they do their per-step work (hook point 'overlap'): its begin, perf_counter_ns",
+                "handover_ns": "host time of that hand-over (part of other_ns; hidden behind the GPU while shorter "
+                "than gpu_forward_ns)",
                 "gpu_forward_ns": "GPU time of the forward from CUDA events (null without CUDA)",
                 "gpu_gap_ns": "GPU idle between the previous forward's end and this one's start (null without CUDA)",
                 "cuda_graph": "forward replayed a CUDA graph (false: eager; null: no forward)",

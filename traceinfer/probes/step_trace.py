@@ -37,7 +37,7 @@ _SUMMARY = [  # schedule end fields copied into the row
 ]  # fmt: skip
 _STEP, _T, _DUR, _OTHER = _I["step"], _I["t_ns"], _I["dur_ns"], _I["other_ns"]
 _GPU, _GAP, _GRAPH, _OUTPUTS = _I["gpu_forward_ns"], _I["gpu_gap_ns"], _I["cuda_graph"], _I["num_outputs"]
-_FWD_START, _FWD, _HANDOVER = _I["forward_start_ns"], _I["forward_ns"], _I["handover_ns"]
+_HANDOVER_START, _HANDOVER = _I["handover_start_ns"], _I["handover_ns"]
 
 
 class StepTraceProbe(Probe):
@@ -67,7 +67,9 @@ class StepTraceProbe(Probe):
 
     # -- subscribers -----------------------------------------------------------------------
     def subscriptions(self) -> dict[str, Callable]:
-        subs: dict[str, Callable] = {"step": self._on_step, "schedule": self._on_schedule, "overlap": self._on_overlap}
+        subs: dict[str, Callable] = {"step": self._on_step, "schedule": self._on_schedule}
+        if self._cuda is not None:
+            subs["overlap"] = self._on_overlap
         for point, prefix in _STAGES.items():
             if point not in subs:
                 subs[point] = self._stage(point, _I[f"{prefix}_start_ns"], _I[f"{prefix}_ns"])
@@ -87,6 +89,9 @@ class StepTraceProbe(Probe):
         cur[_DUR] = dur = t - cur[_T]
         cur[_OTHER] = dur - sum(cur[i] for i in _STAGE_DURS if cur[i] is not None)
         cur[_OUTPUTS] = fields.get("num_outputs")
+        overlap = fields.get("overlap")  # measured by the engine, this probe's own work at 'overlap' included
+        if overlap is not None:
+            cur[_HANDOVER_START], cur[_HANDOVER] = overlap
         if self._cuda is None:
             self._append(tuple(cur))
             self._rows += 1
@@ -95,11 +100,7 @@ class StepTraceProbe(Probe):
         self._fwd = [None, None]
 
     def _on_overlap(self, point: str, phase: str, t: int, fields: dict) -> None:
-        cur = self._cur
-        if cur is not None and cur[_FWD] is not None:  # 'overlap' comes right after the engine's hand-over
-            cur[_HANDOVER] = t - cur[_FWD_START] - cur[_FWD]
-        if self._cuda is not None:
-            self._resolve(block=False)  # the last steps' rows, while the GPU runs this step's forward
+        self._resolve(block=False)  # the last steps' rows, while the GPU runs this step's forward
 
     def _on_schedule(self, point: str, phase: str, t: int, fields: dict) -> None:
         cur = self._cur

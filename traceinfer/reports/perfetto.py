@@ -92,9 +92,9 @@ def _steps(tr: _Trace, rows: list[dict]) -> None:
             if stage == "forward" and r["gpu_forward_ns"] is not None:
                 args["gpu_ms"] = r["gpu_forward_ns"] / 1e6
             tr.span(PID_ENGINE, TID_STEPS, name, start, dur, "engine", args)
-        if r.get("handover_ns") is not None and r["forward_start_ns"] is not None:  # probes' share, behind the GPU
-            fwd_end = r["forward_start_ns"] + r["forward_ns"]
-            tr.span(PID_ENGINE, TID_STEPS, "probe hand-over", fwd_end, r["handover_ns"], "probes", {"step": r["step"]})
+        if r.get("handover_ns") is not None:  # the probes' share of the step, behind the GPU on CUDA
+            tr.span(PID_ENGINE, TID_STEPS, "probe hand-over", r["handover_start_ns"], r["handover_ns"], "probes",
+                    {"step": r["step"]})  # fmt: skip
         t = r["t_ns"]
         tr.counter(PID_ENGINE, "queues", t, {"waiting": r["num_waiting"], "running": r["num_running"]})
         tr.counter(
