@@ -526,7 +526,10 @@ def test_manifest_describes_the_run(make_llm, tmp_path):
     m = read_manifest(session.run_dir)
     assert m["format"] == "traceinfer-run" and m["status"] == "completed" and m["error"] is None
     assert m["workload"] == {"name": "t"} and m["engine"]["num_kv_blocks"] == 64
-    assert m["packages"]["torch"] == torch.__version__ and "python" in m["packages"]
+    packages = m["packages"]
+    assert "python" in packages and packages["torch"] and packages["torch_runtime"] == str(torch.__version__)
+    assert packages["torch_runtime"].startswith(packages["torch"])  # the runtime adds a build tag, if any
+    assert packages["cuda"] == torch.version.cuda
     assert m["clock"]["t0_ns"] == m["timing"]["t0_ns"] and m["timing"]["wall_s"] > 0
     assert m["probes"]["enabled"] == list(PRESETS["default"]) and m["probes"]["sample_hz"] == 20.0
     assert set(m["probes"]["details"]) == set(PRESETS["default"])

@@ -25,13 +25,19 @@ PACKAGES = (
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
-    """Installed version of each package; None for one that is not installed."""
+    """Installed distribution version of each package (None for one that is not installed), and, once
+    torch is imported, what it says at run time: ``torch_runtime`` is ``torch.__version__`` with its build
+    tag (``2.14.1+cu130`` where the distribution is ``2.14.1``), ``cuda`` the CUDA it was built for."""
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch_runtime"] = str(torch.__version__)
+        out["cuda"] = torch.version.cuda
     return out
 
 
