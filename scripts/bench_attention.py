@@ -26,6 +26,7 @@ from traceinfer.engine.attention.triton_backend import (
     prefill_config,
     store_kv,
 )
+from traceinfer.engine.device import measure_bandwidth
 
 HQ, HKV, D, BLOCK = 16, 8, 128, 16
 DTYPE = torch.bfloat16
@@ -51,14 +52,6 @@ def time_cuda(fn, warmup: int = 10, iters: int = 30, reps: int = 5) -> list[floa
 def spread(times: list[float]) -> str:
     qs = statistics.quantiles(times, n=10)
     return f"median {statistics.median(times):8.1f} us  (p10 {qs[0]:.1f}, p90 {qs[-1]:.1f})"
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy of 1 GiB, bytes read + written per second."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    t = statistics.median(time_cuda(lambda: dst.copy_(src), 3, 10, 2))
-    return 2 * src.numel() / (t * 1e-6)
 
 
 def paged_cache(seq_lens: list[int], g: torch.Generator, width: int | None = None):
@@ -178,7 +171,7 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also time other block sizes, warps and stages")
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
-    bandwidth = copy_bandwidth()
+    bandwidth = measure_bandwidth(torch.device("cuda"))
     print(f"{torch.cuda.get_device_name()}: device-to-device copy {bandwidth / 1e12:.2f} TB/s (read + written)")
 
     default = decode_config(D, DTYPE)

@@ -28,7 +28,7 @@ def main() -> None:
     n = 1_000_000
     span_s = min(timeit.repeat(lambda: hooks.forward.span(num_tokens=1).__enter__(), number=n, repeat=5)) / n
     guard_s = min(timeit.repeat(lambda: bool(hooks.block), number=n, repeat=5)) / n
-    # per step: 6 spans (step, schedule, prepare_inputs, forward, sample, postprocess) and, per sequence,
+    # per step: 6 spans (step, schedule, prepare, forward, sample, postprocess) and, per sequence,
     # a few guarded checks (block ops, token, finish); 32 sequences here
     per_step = 6 * span_s + 4 * 32 * guard_s
     print(f"unsubscribed span: {span_s * 1e9:.0f} ns, guarded emit: {guard_s * 1e9:.0f} ns")

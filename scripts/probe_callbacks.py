@@ -5,9 +5,9 @@
 Drives a real engine's hook points (synthetic:tiny on CPU) the way one decode step of ``--batch``
 sequences does: the six stage spans with their fields, 16 block appends while scheduling and 16 blocks
 stored in postprocess (one in 16 sequences crosses a block boundary per token at block size 16), one
-'tokens' event, and the engine's hand-over of those events once the forward is launched. Each probe set
+'tokens' event, and the engine's handover of those events once the forward is launched. Each probe set
 is attached in turn; the table gives microseconds per step on the host's critical path (which lengthen
-the step) and in the hand-over (which on a GPU runs while the forward computes), best of 5. GC is off
+the step) and in the handover (which on a GPU runs while the forward computes), best of 5. GC is off
 while timing and nothing is flushed (flush interval 60 s), so the figures are the subscribers' own
 work on the engine thread, not contention with the flusher or the collector. On CPU the step trace
 records no CUDA events. Not a test: a measuring tool for docs/benchmarks.md.
@@ -20,12 +20,13 @@ import gc
 import time
 
 from traceinfer import LLM
-from traceinfer.probes import ProbeOptions, attach
+from traceinfer.config import ProbesConfig
+from traceinfer.probes import attach
 
 SETS = ("off", "nvtx", "steps", "requests", "kv", "gc", "samplers", "default")
 
 
-class _Seq:  # what the engine's 'tokens' hand-over reads from a sequence
+class _Seq:  # what the engine's 'tokens' handover reads from a sequence
     __slots__ = ("num_output_tokens", "request_id")
 
     def __init__(self, request_id: str) -> None:
@@ -33,7 +34,7 @@ class _Seq:  # what the engine's 'tokens' hand-over reads from a sequence
 
 
 def drive(engine, batch: int, steps: int) -> tuple[float, float]:
-    """(host critical path, hand-over) in microseconds per step of ``steps`` simulated decode steps."""
+    """(host critical path, handover) in microseconds per step of ``steps`` simulated decode steps."""
     hooks, bm, clock = engine.hooks, engine.block_manager, time.perf_counter_ns
     seqs = [_Seq(str(i)) for i in range(batch)]
     filled = max(1, batch // 16)
@@ -44,7 +45,7 @@ def drive(engine, batch: int, steps: int) -> tuple[float, float]:
         "num_prefill_tokens": 0, "num_decode_tokens": batch, "num_cached_tokens": 0, "token_budget": 8192,
         "num_waiting": 0, "num_running": batch, "num_preempted": 0, "num_free_blocks": 1000,
     }  # fmt: skip
-    hand_over = 0
+    handover = 0
     t0 = clock()
     for i in range(steps):
         bm.step = i
@@ -55,13 +56,13 @@ def drive(engine, batch: int, steps: int) -> tuple[float, float]:
                         bm._record("append", seqs[k].request_id, [k])
                 if info is not None:
                     info.update(summary)
-            with hooks.prepare_inputs.span(num_seqs=batch, num_tokens=batch):
+            with hooks.prepare.span(num_seqs=batch, num_tokens=batch):
                 pass
             with hooks.forward.span(num_tokens=batch, cuda_graph=True):
                 pass
             h = clock()
-            engine._overlap()  # the engine's hand-over, as the runner calls it after launching the forward
-            hand_over += clock() - h
+            engine._handover_behind_forward()  # as the runner calls it after launching the forward
+            handover += clock() - h
             with hooks.sample.span(num_seqs=batch):
                 pass
             with hooks.postprocess.span(num_seqs=batch):
@@ -73,8 +74,8 @@ def drive(engine, batch: int, steps: int) -> tuple[float, float]:
             if step_info is not None:
                 step_info.update(step=i, num_outputs=0)
     total = clock() - t0
-    engine.hand_over_events()
-    return (total - hand_over) / steps / 1e3, hand_over / steps / 1e3
+    engine.handover()
+    return (total - handover) / steps / 1e3, handover / steps / 1e3
 
 
 def main() -> None:
@@ -84,17 +85,17 @@ def main() -> None:
     parser.add_argument("sets", nargs="*", default=list(SETS))
     args = parser.parse_args()
     engine = LLM("synthetic:tiny", device="cpu", num_kv_blocks=max(1024, args.batch)).engine
-    print(f"{'probes':10s} {'host us/step':>12s} {'hand-over us/step':>17s}   ({args.batch} sequences per decode step)")
+    print(f"{'probes':10s} {'host us/step':>12s} {'handover us/step':>17s}   ({args.batch} sequences per decode step)")
     for spec in args.sets:
-        session = attach(engine, spec, None, ProbeOptions(flush_interval_s=60))
+        session = attach(engine, spec, None, ProbesConfig(flush_interval_s=60))
         try:
             drive(engine, args.batch, 100)  # warm
             gc.disable()
-            host, hand_over = min(drive(engine, args.batch, args.steps) for _ in range(5))
+            host, handover = min(drive(engine, args.batch, args.steps) for _ in range(5))
         finally:
             gc.enable()
             session.close()
-        print(f"{spec:10s} {host:12.1f} {hand_over:17.1f}")
+        print(f"{spec:10s} {host:12.1f} {handover:17.1f}")
 
 
 if __name__ == "__main__":

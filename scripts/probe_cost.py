@@ -6,14 +6,14 @@ A variant is a probe selection with optional settings after '@', e.g.
 
     off  default  all  steps  kv  default@flush=60  default@switch=0.0005
 
-flush=S sets ProbeOptions.flush_interval_s (60: nothing is written during the timed run), switch=S
+flush=S sets ProbesConfig.flush_interval_s (60: nothing is written during the timed run), switch=S
 sets sys.setswitchinterval for the run (the GIL hand-over interval, 0.005 by default). Variants run in
 rotated order each round on one engine (prefix cache emptied before each run); the table gives each
 variant's median output tok/s, its cost against the median of 'off', and the CPU seconds of the main
 thread and of the probes' own threads. A second table pairs steps: every run schedules the same steps,
 so the median over steps of (step time - off's step time) measures a variant's cost per step without
 the run-to-run drift of whole-run throughput. It also splits each step into the host's critical path
-and the GPU wait: from the hand-over the runner calls once the forward is launched ('overlap') to the
+and the GPU wait: from the handover the runner calls once the forward is launched ('handover') to the
 end of sampling (the host waits there for the GPU), the rest of the step is host time that the GPU
 waits for. That split (same subscriber in every variant, so 'off' has two) does not move with the GPU's
 clocks, so its delta against 'off' is the probes' cost with the least noise. Not a test: a measuring
@@ -23,7 +23,6 @@ tool for docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -31,11 +30,12 @@ import sys
 import threading
 import time
 
-import torch
-
-from traceinfer.bench import CPU_WORKLOAD, CUDA_MODEL, CUDA_WORKLOAD, make_workload, synchronize, warm_up
+from traceinfer import workloads
+from traceinfer.config import ProbesConfig, WorkloadConfig
+from traceinfer.engine.device import synchronize
 from traceinfer.engine.llm_engine import LLM
-from traceinfer.probes import ProbeOptions, attach
+from traceinfer.passes.engine import warm_up
+from traceinfer.probes import attach
 
 
 def parse_variant(text: str) -> tuple[str, dict, float | None]:
@@ -53,13 +53,13 @@ def parse_variant(text: str) -> tuple[str, dict, float | None]:
     return probes, options, switch
 
 
-STAGES = ("schedule", "prepare_inputs", "forward", "hand_over", "sample", "postprocess", "other")
+STAGES = ("schedule", "prepare", "forward", "handover", "sample", "postprocess", "other")
 
 
 def timed_step(engine, out: list[int], waits: list[int], stages: list[tuple]):
-    """engine.step, recording each step's wall time in ns into ``out``, the time from the hand-over
-    ('overlap') to the end of sampling into ``waits`` and the time of each of STAGES into ``stages``
-    (the hand-over: from the forward's launch to 'overlap'); returns (step function, unsubscribe)."""
+    """engine.step, recording each step's wall time in ns into ``out``, the time from the handover
+    ('handover') to the end of sampling into ``waits`` and the time of each of STAGES into ``stages``
+    (the handover: from the forward's launch to 'handover'); returns (step function, unsubscribe)."""
     step, clock = type(engine).step.__get__(engine), time.perf_counter_ns
     marks: dict = {}
 
@@ -73,14 +73,14 @@ def timed_step(engine, out: list[int], waits: list[int], stages: list[tuple]):
         dur = clock() - t
         out.append(dur)
         spans = [marks[p, "E"] - marks[p, "B"] if (p, "E") in marks else 0 for p in STAGES[:3]]
-        overlap = marks.get(("overlap", "i"))
-        hand_over = overlap - marks["forward", "E"] if overlap else 0
+        handover = marks.get(("handover", "i"))
+        handover_ns = handover - marks["forward", "E"] if handover else 0
         tail = [marks[p, "E"] - marks[p, "B"] if (p, "E") in marks else 0 for p in STAGES[4:6]]
-        stages.append((*spans, hand_over, *tail, dur - sum(spans) - hand_over - sum(tail)))
-        waits.append(marks["sample", "E"] - overlap if overlap and ("sample", "E") in marks else 0)
+        stages.append((*spans, handover_ns, *tail, dur - sum(spans) - handover_ns - sum(tail)))
+        waits.append(marks["sample", "E"] - handover if handover and ("sample", "E") in marks else 0)
         return result
 
-    return run, engine.hooks.subscribe(on_point, STAGES[:3] + ("overlap", "sample", "postprocess"))
+    return run, engine.hooks.subscribe(on_point, STAGES[:3] + ("handover", "sample", "postprocess"))
 
 
 def keep_off(core: int, cores: set[int]) -> None:
@@ -111,19 +111,18 @@ def main() -> int:
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--num-requests", type=int, default=256)
-    parser.add_argument("--model", default=None, help="default: bench's (synthetic:qwen3-0.6b on CUDA)")
+    parser.add_argument("--model", default="auto", help="default: auto (synthetic:qwen3-0.6b on CUDA)")
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--full-warmup", action="store_true", help="one untimed run of the whole workload first")
     parser.add_argument("--pin", action="store_true", help="pin the engine thread to one core during timed runs, "
                         "and the other threads and child processes off that physical core")
     args = parser.parse_args()
 
-    llm = LLM(args.model or (CUDA_MODEL if torch.cuda.is_available() else None))
+    llm = LLM(args.model)
     engine = llm.engine
-    cuda = engine.device.type == "cuda"
-    spec = dataclasses.replace(CUDA_WORKLOAD if cuda else CPU_WORKLOAD, num_requests=args.num_requests)
-    prompts, params = make_workload(spec)
-    warm_up(llm, prompts, params, full=args.full_warmup)
+    workload = workloads.make(WorkloadConfig(name="bench", num_requests=args.num_requests), engine.device.type == "cuda")
+    prompts, params = workload.prompts, workload.params
+    warm_up(llm, workload, full=args.full_warmup)
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     main_thread = threading.main_thread()
     assert threading.current_thread() is main_thread
@@ -138,7 +137,7 @@ def main() -> int:
             old_switch = sys.getswitchinterval()
             if switch is not None:
                 sys.setswitchinterval(switch)
-            session = attach(engine, probes, None, ProbeOptions(**options))
+            session = attach(engine, probes, None, ProbesConfig(**options))
             steps0 = engine.step_index
             step_ns: list[int] = []
             wait_ns: list[int] = []

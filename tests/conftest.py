@@ -1,9 +1,82 @@
-"""Shared fixtures: tiny random HF checkpoints of each supported family, saved with save_pretrained."""
+"""Shared fixtures: tiny random HF checkpoints of each supported family, saved with save_pretrained, and a
+check after every test that it left nothing of traceinfer's running."""
 
 from __future__ import annotations
 
+import gc
+import threading
+import weakref
+
+import psutil
 import pytest
 import torch
+
+from traceinfer.engine.hooks import Hooks
+
+# every Hooks object made during the tests, to check that none keeps a subscriber after a test
+_HOOKS: weakref.WeakSet = weakref.WeakSet()
+_hooks_init = Hooks.__init__
+
+
+def _tracked_init(self, *args, **kwargs) -> None:
+    _hooks_init(self, *args, **kwargs)
+    _HOOKS.add(self)
+
+
+Hooks.__init__ = _tracked_init
+
+
+def _helper_processes() -> dict[int, str]:
+    """Child processes running one of traceinfer's helper scripts (the encoder, the sampler process)."""
+    found = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "traceinfer" in cmdline and child.status() != psutil.STATUS_ZOMBIE:
+            found[child.pid] = cmdline
+    return found
+
+
+def _ours(callback) -> bool:
+    """A function or bound method defined in traceinfer (other libraries' gc callbacks are theirs to keep)."""
+    owner = getattr(callback, "__self__", callback)
+    module = getattr(callback, "__module__", None) or type(owner).__module__
+    return module.startswith("traceinfer") or type(owner).__module__.startswith("traceinfer")
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    """Fail a test that leaves a hook subscribed, a gc callback, a ``traceinfer-*`` thread or a helper
+    process behind (and clean up after it, so the next test starts clean)."""
+    callbacks = list(gc.callbacks)
+    helpers = set(_helper_processes())
+    yield
+    problems = []
+    for hooks in list(_HOOKS):
+        if hooks.subscribed():
+            problems.append(f"hooks still subscribed: {hooks.subscribed()}")
+            for name in hooks.subscribed():
+                hooks.point(name)._subscribers.clear()
+    added = [cb for cb in gc.callbacks if cb not in callbacks and _ours(cb)]
+    if added:
+        problems.append(f"gc callbacks left: {added}")
+        for cb in added:
+            gc.callbacks.remove(cb)
+    threads = [t.name for t in threading.enumerate() if t.name.startswith("traceinfer-")]
+    if threads:
+        problems.append(f"threads alive: {threads}")
+    left = {pid: cmd for pid, cmd in _helper_processes().items() if pid not in helpers}
+    if left:
+        problems.append(f"helper processes alive: {sorted(left.values())}")
+        for pid in left:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.Error:
+                pass
+    if problems:
+        pytest.fail("the test left traceinfer running: " + "; ".join(problems))
 
 ARCHS = ("qwen3", "qwen2", "llama")
 

@@ -1,20 +1,8 @@
-"""Checks shared by the probe tests: what a probe session left behind, and the Chrome trace-event format."""
+"""The Chrome trace-event format, checked (shared by the probe tests)."""
 
 from __future__ import annotations
 
-import gc
 import math
-import threading
-
-
-def leaks(engines) -> list[str]:
-    """What a closed probe session left behind: hook subscriptions, gc callbacks, probe threads."""
-    found = [f"engine hooks still subscribed: {e.hooks.subscribed()}" for e in engines if e.hooks.subscribed()]
-    found += [f"gc callback left: {cb!r}" for cb in gc.callbacks if "traceinfer" in getattr(cb, "__module__", "")
-              or "traceinfer.probes" in repr(cb)]  # fmt: skip
-    found += [f"probe thread alive: {t.name}" for t in threading.enumerate() if t.name.startswith("traceinfer-")]
-    return found
-
 
 PHASES = {"X", "B", "E", "i", "I", "C", "M"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
@@ -12,24 +11,17 @@ import pytest
 import torch
 
 from traceinfer import LLM
-from traceinfer.bench import (
-    BenchOptions,
+from traceinfer.analysis.floor import (
     ModelCost,
-    WorkloadSpec,
-    add_bench_arguments,
-    build_hf_model,
     decode_kv_token_reads,
-    hf_state_dict,
-    latency_summary,
-    make_workload,
-    model_cost,
-    percentile,
     physical_floor,
     prefill_attention_pairs,
     prefill_flops,
-    run_bench,
-    run_benchmark,
 )
+from traceinfer.analysis.latency import percentile, token_latency_summary
+from traceinfer.cli import main
+from traceinfer.passes.hf import build_hf_model, hf_state_dict
+from traceinfer.workloads import BenchSpec, bench_workload
 
 SMALL = dict(min_input_len=8, max_input_len=24, min_output_len=4, max_output_len=12)
 
@@ -49,7 +41,7 @@ def nano_vllm_workload(num_requests: int = 256):
 
 
 def test_workload_is_nano_vllms():
-    prompts, params = make_workload(WorkloadSpec())
+    prompts, params = bench_workload(BenchSpec())
     assert len(prompts) == 256
     assert sum(map(len, prompts)) == 142_827
     assert sum(p.max_tokens for p in params) == 133_966
@@ -69,7 +61,7 @@ def test_percentile_interpolates_like_numpy():
 
 def test_latency_summary_ttft_and_itl():
     ms = 1_000_000
-    summary = latency_summary([(0, [10 * ms, 12 * ms, 15 * ms]), (5 * ms, [25 * ms])])
+    summary = token_latency_summary([(0, [10 * ms, 12 * ms, 15 * ms]), (5 * ms, [25 * ms])])
     assert summary["ttft_ms"]["p50"] == pytest.approx(15.0)  # TTFTs 10 and 20
     assert summary["itl_ms"]["p50"] == pytest.approx(2.5)  # gaps 2 and 3; a one-token request has none
     assert summary["itl_ms"]["mean"] == pytest.approx(2.5)
@@ -104,10 +96,10 @@ def test_floor_of_qwen3_06b_on_h100_matches_anchors():
             model = model_class(config)(config, select_backend("torch", torch.device("cpu")), 4096)
     finally:
         torch.set_default_dtype(previous)
-    cost = model_cost(model)
+    cost = ModelCost.from_shapes(model.shapes())
     assert cost.kv_bytes_per_token == 114_688
     assert cost.weight_bytes == pytest.approx(1.19e9, rel=0.01)
-    prompts, params = make_workload(WorkloadSpec())
+    prompts, params = bench_workload(BenchSpec())
     floor = physical_floor(cost, list(map(len, prompts)), [p.max_tokens for p in params], 1024, 3.0e12, 700e12)
     assert floor.kv_read_bytes == pytest.approx(13.87e12, rel=0.005)
     assert floor.prefill_flops == pytest.approx(137e12, rel=0.005)
@@ -126,41 +118,48 @@ def test_hf_model_gets_the_engines_weights():
     assert (engine.score(prompt) - theirs).abs().max().item() < 1e-4
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_bench_arguments(parser)
-    return parser.parse_args(list(argv))
+SMALL_ARGS = ("--device", "cpu", "--min-input-len", "8", "--max-input-len", "24", "--min-output-len", "4",
+              "--max-output-len", "12", "--num-kv-blocks", "64")  # fmt: skip
+
+
+def check_figures(result: dict) -> None:
+    """The figures of a bench result agree with each other: latency percentiles in order and within the
+    pass, the floor recomputed from the recorded model cost and device rates, the fraction of it reached."""
+    ours = result["traceinfer"]
+    for metric in ("ttft_ms", "itl_ms"):
+        s = ours["latency"][metric]
+        assert 0 <= s["p50"] <= s["p90"] <= s["p99"] <= ours["seconds"] * 1e3
+    cost = ModelCost(**{k: v for k, v in result["model_cost"].items() if k != "kv_bytes_per_token"})
+    prompts, params = bench_workload(BenchSpec(**{k: result["workload"][k] for k in (
+        "num_requests", "min_input_len", "max_input_len", "min_output_len", "max_output_len", "seed", "temperature")}))
+    rates = result["device_rates"]
+    floor = physical_floor(cost, list(map(len, prompts)), [p.max_tokens for p in params], result["floor"]["num_steps"],
+                           rates["bandwidth_bytes_per_s"], rates["matmul_flops_per_s"])  # fmt: skip
+    assert result["floor"]["seconds"] == pytest.approx(floor.seconds)
+    assert result["fraction_of_floor"] == pytest.approx(ours["output_tok_s"] / floor.output_tok_s)
+    assert ours["output_tok_s"] == pytest.approx(ours["output_tokens"] / ours["seconds"])
 
 
 def test_run_bench_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    args = parse(
-        "--device", "cpu", "--num-requests", "4", "--min-input-len", "8", "--max-input-len", "24",
-        "--min-output-len", "4", "--max-output-len", "12", "--num-kv-blocks", "64", "--json", str(out),
-    )  # fmt: skip
-    assert run_bench(args) == 0
+    assert main(["bench", *SMALL_ARGS, "--num-requests", "4", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    _, params = make_workload(WorkloadSpec(num_requests=4, **SMALL))
+    _, params = bench_workload(BenchSpec(num_requests=4, **SMALL))
     ours = result["traceinfer"]
     assert ours["output_tokens"] == sum(p.max_tokens for p in params)  # ignore_eos: every request runs to max_tokens
     assert result["model"].startswith("synthetic:tiny") and result["synthetic"]
-    assert ours["latency"]["ttft_ms"]["p50"] > 0 and ours["latency"]["itl_ms"]["p99"] > 0
-    steps = ours["details"]["engine_steps"]
+    steps = ours["details"]["steps"]
     assert steps["model_steps"] >= max(p.max_tokens for p in params)
-    assert result["floor"]["num_steps"] == steps["model_steps"]
-    assert 0 < result["fraction_of_floor"] and result["device_rates"]["bandwidth_measured"]
+    assert result["floor"]["num_steps"] == steps["model_steps"] and result["device_rates"]["bandwidth_measured"]
+    check_figures(result)
     printed = capsys.readouterr().out
     assert "TTFT includes queueing" in printed and "physical floor" in printed and str(out) in printed
 
 
 def test_probe_sets_are_compared_in_rotated_repeated_runs(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    args = parse(
-        "--device", "cpu", "--num-requests", "3", "--min-input-len", "8", "--max-input-len", "24",
-        "--min-output-len", "4", "--max-output-len", "12", "--num-kv-blocks", "64", "--json", str(out),
-        "--probes", "off,steps", "--repeat", "3",
-    )  # fmt: skip
-    assert run_bench(args) == 0
+    argv = ["bench", *SMALL_ARGS, "--num-requests", "3", "--json", str(out), "--probes", "off,steps", "--repeat", "3"]
+    assert main(argv) == 0
     result = json.loads(out.read_text())
     runs = {spec: r["details"]["output_tok_s_runs"] for spec, r in result["probe_runs"].items()}
     assert list(runs) == ["off", "steps"] and all(len(v) == 3 for v in runs.values())
@@ -175,18 +174,24 @@ def test_probe_sets_are_compared_in_rotated_repeated_runs(tmp_path, capsys):
     assert "run-to-run drift" in printed
 
 
-def test_compare_hf_runs_the_same_requests():
-    spec = WorkloadSpec(num_requests=3, **SMALL)
-    opts = BenchOptions(
-        workload=spec,
-        engine_options=dict(model="synthetic:tiny", device="cpu", num_kv_blocks=64),
-        compare="hf",
-        bandwidth_bytes_per_s=1e10,
-        matmul_flops_per_s=1e11,
-    )
-    result = run_benchmark(opts)
-    _, params = make_workload(spec)
+def test_compare_hf_runs_the_same_requests(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["bench", *SMALL_ARGS, "--num-requests", "3", "--compare", "hf", "--bandwidth", "10",
+            "--matmul-tflops", "0.1", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    _, params = bench_workload(BenchSpec(num_requests=3, **SMALL))
     expected = sum(p.max_tokens for p in params)
     assert result["traceinfer"]["output_tokens"] == result["hf"]["output_tokens"] == expected
-    assert result["ratio_traceinfer_over_hf"] > 0
-    assert not result["device_rates"]["bandwidth_measured"]
+    assert result["ratio_traceinfer_over_hf"] == pytest.approx(
+        result["traceinfer"]["output_tok_s"] / result["hf"]["output_tok_s"]
+    )
+    assert not result["device_rates"]["bandwidth_measured"] and result["device_rates"]["bandwidth_bytes_per_s"] == 1e10
+    check_figures(result)
+
+
+def test_bench_errors_are_one_line(capsys):
+    assert main(["bench", "--device", "cpu", "--repeat", "0"]) == 2
+    assert capsys.readouterr().err == "traceinfer bench: error: --repeat must be >= 1, got 0\n"
+    assert main(["bench", "--device", "cpu", "--probes", "off,nope"]) == 2
+    assert "unknown probe 'nope'" in capsys.readouterr().err

@@ -42,12 +42,12 @@ def test_priority_orders_the_waiting_queue():
 
 
 def test_step_events_are_handed_over_behind_the_next_forward_in_order():
-    """'block', 'tokens' and 'finish' reach subscribers during the next step's forward ('overlap'), or at the
+    """'block', 'tokens' and 'finish' reach subscribers during the next step's forward ('handover'), or at the
     end of the step that leaves nothing to run; each carries the time and step it happened in, and a
     request's finish comes after the event with its last token. abort hands over at once."""
     engine = LLM("synthetic:tiny", num_kv_blocks=64).engine
     log = []
-    engine.hooks.subscribe(lambda p, ph, t, f: log.append((p, ph, t, f, engine.step_index)))
+    unsubscribe = engine.hooks.subscribe(lambda p, ph, t, f: log.append((p, ph, t, f, engine.step_index)))
     a = engine.add_request([1, 2, 3], GREEDY)
     b = engine.add_request([4, 5, 6, 7] * 5, SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
     done = drain(engine)
@@ -57,7 +57,7 @@ def test_step_events_are_handed_over_behind_the_next_forward_in_order():
         if point == "tokens":
             assert f["step"] == step_now - 1 or (f["step"] == step_now and not engine.has_unfinished())
             for rid, index in zip(f["request_ids"], f["indices"]):
-                assert times[rid][index] == t  # the token's own time, not the hand-over's
+                assert times[rid][index] == t  # the token's own time, not the handover's
                 seen[rid].append(index)
         if point == "finish":
             assert seen[f["request_id"]] == list(range(len(times[f["request_id"]])))  # every token came first
@@ -71,6 +71,7 @@ def test_step_events_are_handed_over_behind_the_next_forward_in_order():
     engine.step()
     log.clear()
     engine.abort(c)
+    unsubscribe()
     points = [p for p, *_ in log]
     assert points[-1] == "finish" and "block" in points and "tokens" in points  # the step's token, then the end
 

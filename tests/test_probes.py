@@ -7,6 +7,7 @@ import gc
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,19 +18,21 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.probe_checks import leaks, trace_problems
-from traceinfer import LLM, SamplingParams
+from tests.probe_checks import trace_problems
+from traceinfer import LLM, SamplingParams, open_run
+from traceinfer.analysis import kv as kv_analysis
+from traceinfer.analysis import requests as request_analysis
+from traceinfer.analysis import steps as step_analysis
+from traceinfer.config import ProbesConfig
 from traceinfer.errors import ConfigError
-from traceinfer.probes import PRESETS, PROBES, ProbeOptions, attach, read_manifest, read_stream, resolve_probes
+from traceinfer.probes import PRESETS, PROBES, attach, resolve_probes, sampler_process
 from traceinfer.probes.kv_events import block_manager_state
-from traceinfer.probes.encoder import ROWS_PER_LINE
-from traceinfer.probes.rundir import STREAMS, RunWriter, iter_stream
-from traceinfer.probes import sampler_process
 from traceinfer.probes.sampler_process import GpuReader, HostReader
 from traceinfer.probes.samplers import StepCell
-from traceinfer.reports import kv_analysis, request_analysis, step_analysis
-from traceinfer.reports.frames import frame_from_rows, load_frame
-from traceinfer.reports.perfetto import build_trace, write_trace
+from traceinfer.render.perfetto import build_trace, write_trace
+from traceinfer.rundir import STREAMS, iter_stream, read_manifest, read_stream
+from traceinfer.rundir.encoder import ROWS_PER_LINE
+from traceinfer.rundir.writer import RunWriter
 
 
 # -- fixtures: engines, and a check that no probe outlives its session --------------------------
@@ -42,9 +45,6 @@ def flush_denormals():
     torch.set_flush_denormal(False)
 
 
-_ENGINES: list = []
-
-
 @pytest.fixture(scope="module")
 def make_llm():
     """LLM("synthetic:tiny", **options), built once per option set in this module."""
@@ -54,18 +54,9 @@ def make_llm():
         key = tuple(sorted(options.items()))
         if key not in cache:
             cache[key] = LLM("synthetic:tiny", device="cpu", **options)
-            _ENGINES.append(cache[key].engine)
         return cache[key]
 
     return make
-
-
-@pytest.fixture(autouse=True)
-def no_leaked_probes():
-    yield
-    left = leaks(_ENGINES)
-    if left:
-        pytest.fail("a probe outlived its session: " + "; ".join(left))
 
 
 def prompts_of(n: int, length: int, seed: int = 0, prefix: list[int] | None = None) -> list[list[int]]:
@@ -90,17 +81,7 @@ def test_resolve_probes_sets_and_lists():
     with pytest.raises(ConfigError, match="off"):
         resolve_probes("off,steps")
     with pytest.raises(ConfigError):
-        ProbeOptions(sample_hz=0)
-
-
-def test_leak_check_catches_a_subscription_left_installed(make_llm):
-    engine = make_llm(num_kv_blocks=64).engine
-    unsubscribe = engine.hooks.subscribe(lambda *a: None, ("tokens",))
-    try:
-        assert leaks([engine]) == ["engine hooks still subscribed: {'tokens': 1}"]
-    finally:
-        unsubscribe()
-    assert leaks([engine]) == []
+        ProbesConfig(sample_hz=0)
 
 
 def test_off_subscribes_nothing(make_llm, tmp_path):
@@ -123,7 +104,7 @@ def test_kv_log_replays_to_the_block_managers_final_state(make_llm, tmp_path):
         # shared prefixes (hits), more KV than the cache holds (preemption, eviction)
         outputs = llm.generate(prompts_of(5, 10, seed=1, prefix=system), greedy(14))
         llm.generate(prompts_of(2, 6, seed=2), greedy(4))  # no shared prefix: 'allocate'
-    kv = load_frame(session.run_dir, "kv_events")
+    kv = open_run(session.run_dir).frame("kv_events")
     ops = set(kv["op"])
     assert {"snapshot", "allocate", "append", "hit", "stored", "free", "preempt", "evict"} <= ops, ops
     assert sum(o.num_preemptions for o in outputs) > 0
@@ -146,9 +127,9 @@ def test_kv_derived_series(make_llm, tmp_path):
     with attach(llm.engine, "kv,requests", tmp_path / "run") as session:
         llm.generate([system + [5, 6]], greedy(3))
         llm.generate(prompts_of(3, 5, seed=4, prefix=system), greedy(6))  # hits on the system prompt
-    kv = load_frame(session.run_dir, "kv_events")
-    req = load_frame(session.run_dir, "requests")
-    tok = load_frame(session.run_dir, "tokens")
+    kv = open_run(session.run_dir).frame("kv_events")
+    req = open_run(session.run_dir).frame("requests")
+    tok = open_run(session.run_dir).frame("tokens")
 
     util = kv_analysis.utilization(kv)
     assert util["usage"].between(0, 1).all() and util["usage"].max() > 0
@@ -207,8 +188,8 @@ def test_request_trace_matches_the_outputs(make_llm, tmp_path):
     params = [greedy(n) for n in (3, 7, 5)]
     with attach(llm.engine, "default", tmp_path / "run") as session:
         outputs = llm.generate(prompts_of(3, 9), params)
-    req = load_frame(session.run_dir, "requests")
-    tok = load_frame(session.run_dir, "tokens")
+    req = open_run(session.run_dir).frame("requests")
+    tok = open_run(session.run_dir).frame("tokens")
     metrics = request_analysis.request_metrics(req, tok).set_index("request_id")
     assert len(metrics) == len(outputs)
     for out in outputs:
@@ -217,11 +198,11 @@ def test_request_trace_matches_the_outputs(make_llm, tmp_path):
         assert tok[tok["request_id"] == out.request_id].sort_values("index")["token_id"].tolist() == out.token_ids
         assert 0 <= m["queue_ms"] <= m["ttft_ms"] <= m["e2e_ms"]
         assert m["prefill_ms"] >= 0 and m["finish_reason"] == "length" and m["num_preemptions"] == 0
-        assert m["arrival_ns"] == out.arrival_ns or m["arrival_ns"] >= out.arrival_ns
+        assert m["arrival_ns"] == out.arrival_ns  # the request's own arrival time, as the engine stamped it
         assert tok[tok["request_id"] == out.request_id].sort_values("index")["t_ns"].tolist() == out.token_times_ns
     # handed over late, every event still names the step it happened in: its time lies inside that step
-    steps = load_frame(session.run_dir, "steps").set_index("step")
-    kv = load_frame(session.run_dir, "kv_events")
+    steps = open_run(session.run_dir).frame("steps").set_index("step")
+    kv = open_run(session.run_dir).frame("kv_events")
     lifecycle = req[req["event"].isin(["scheduled", "finished"])]
     for frame in (tok, kv[kv["op"] != "snapshot"], lifecycle):
         start = steps.loc[frame["step"], "t_ns"].to_numpy()
@@ -246,7 +227,7 @@ def test_step_trace_rows(make_llm, tmp_path):
         stages = [r[f"{s}_ns"] for s in ("schedule", "prepare", "forward", "sample", "postprocess")]
         assert all(v is not None and v >= 0 for v in stages)
         assert sum(stages) + r["other_ns"] == r["dur_ns"]
-        # the hand-over to the probes lies between the forward's launch and sampling, within other_ns
+        # the handover to the probes lies between the forward's launch and sampling, within other_ns
         assert 0 <= r["handover_ns"] <= r["other_ns"]
         assert r["forward_start_ns"] + r["forward_ns"] <= r["handover_start_ns"]
         assert r["handover_start_ns"] + r["handover_ns"] <= r["sample_start_ns"]
@@ -262,13 +243,13 @@ def test_step_trace_rows(make_llm, tmp_path):
 
 # -- samplers, threads, absent hardware ------------------------------------------------------
 def test_handover_summary_by_hand():
-    steps = frame_from_rows("steps", [
+    steps = pd.DataFrame([
         {"step": i, "handover_ns": h and h * 1000, "gpu_forward_ns": g * 1000}
         for i, (h, g) in enumerate([(100, 1000), (200, 150), (300, 5000), (None, 900)])
     ])  # fmt: skip
     s = step_analysis.handover_summary(steps)
     assert (s["steps"], s["median_us"], s["max_us"], s["gpu_forward_median_us"]) == (3, 200, 300, 1000)
-    assert (s["exposed_steps"], s["exposed_us"]) == (1, 50)  # 200 us of hand-over behind a 150 us forward
+    assert (s["exposed_steps"], s["exposed_us"]) == (1, 50)  # 200 us of handover behind a 150 us forward
     assert "behind the forward's GPU time (median 1,000 us) in 2 of 3 steps; 50 us exposed" in step_analysis.describe_handover(s)
     cpu = step_analysis.handover_summary(steps.assign(gpu_forward_ns=None))
     assert cpu["exposed_steps"] is None and "on the host's path" in step_analysis.describe_handover(cpu)
@@ -277,7 +258,7 @@ def test_handover_summary_by_hand():
 
 def test_samplers_and_threads_record_and_absent_hardware_is_absent(make_llm, tmp_path):
     llm = make_llm(num_kv_blocks=64)
-    options = ProbeOptions(sample_hz=200, stack_hz=200)
+    options = ProbesConfig(sample_hz=200, stack_hz=200)
     first_step = llm.engine.step_index
     with attach(llm.engine, "samplers,threads,cuda_memory", tmp_path / "run", options) as session:
         llm.generate(prompts_of(2, 16), greedy(12))
@@ -305,7 +286,13 @@ def test_samplers_and_threads_record_and_absent_hardware_is_absent(make_llm, tmp
     assert not any(s["thread_name"] == "traceinfer-stacks" for s in samples)  # the sampler leaves itself out
     cpu = [s["cpu_ns"] for s in main]
     assert all(b >= a for a, b in itertools.pairwise(cpu))
-    assert all(";" not in frame for s in samples for frame in [s["stack"].split(";")[-1]])
+    # folded stacks: every frame "file.py:qualname" (no ';' inside), root first (the caller before its callee)
+    assert all(re.fullmatch(r"[^;:]+:[^;]+", frame) for s in samples for frame in s["stack"].split(";"))
+    nested = [s["stack"].split(";") for s in main if "engine/model_runner.py:ModelRunner.execute" in s["stack"]]
+    assert nested and all(
+        f.index("engine/llm_engine.py:LLMEngine.step") < f.index("engine/model_runner.py:ModelRunner.execute")
+        for f in nested
+    )
 
 
 def test_host_reader_rows_follow_the_stream_schema():
@@ -385,7 +372,7 @@ def test_nvtx_is_a_noop_without_the_package(make_llm, tmp_path, monkeypatch):
     llm = make_llm(num_kv_blocks=64)
     monkeypatch.setitem(sys.modules, "nvtx", None)  # import nvtx -> ImportError
     with attach(llm.engine, "nvtx", tmp_path / "run") as session:
-        assert set(llm.engine.hooks.subscribed()) == {"step", "overlap"}  # the session's own (step index, flush timing): no NVTX subscriber
+        assert set(llm.engine.hooks.subscribed()) == {"step", "handover"}  # the session's own (step index, flush timing): no NVTX subscriber
         llm.generate(prompts_of(1, 8), greedy(2))
     info = read_manifest(session.run_dir)["probes"]["details"]["nvtx"]
     assert info["available"] is False and "nvtx package is not installed" in info["reason"]
@@ -397,8 +384,8 @@ def test_nvtx_without_a_tool_attached_subscribes_nothing(make_llm, tmp_path):
     pytest.importorskip("nvtx")
     llm = make_llm(num_kv_blocks=64)
     layers = llm.engine.model.model.layers
-    with attach(llm.engine, "nvtx", tmp_path / "run", ProbeOptions(nvtx_layers=True)) as session:
-        assert set(llm.engine.hooks.subscribed()) == {"step", "overlap"}  # the session's own only
+    with attach(llm.engine, "nvtx", tmp_path / "run", ProbesConfig(nvtx_layers=True)) as session:
+        assert set(llm.engine.hooks.subscribed()) == {"step", "handover"}  # the session's own only
         assert all(not layer._forward_pre_hooks for layer in layers)
         llm.generate(prompts_of(2, 8), greedy(3))
     info = read_manifest(session.run_dir)["probes"]["details"]["nvtx"]
@@ -452,13 +439,13 @@ def test_the_encoder_process_writes_and_the_writer_outlives_its_death(tmp_path):
     gc_rows = writer.stream("gc").rows
     gc_rows.extend((i, 1, 0, 0, 0, i, False, "t") for i in range(3))
     gc_rows.append((3, np.int64(7), 0, 0, 0, 3, False, lambda: 0))  # pickle cannot carry the lambda
-    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})
+    writer.on_handover("handover", "i", time.perf_counter_ns(), {})
     assert _wait_for_rows(run, "gc", 4) == 4
     writer.encoder.proc.kill()
     writer.encoder.proc.wait()
     gc_rows.extend((i, 1, 0, 0, 0, i, False, "t") for i in range(4, 6))
     time.sleep(0.1)  # the next pack is due
-    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})  # packed for a dead encoder: written here
+    writer.on_handover("handover", "i", time.perf_counter_ns(), {})  # packed for a dead encoder: written here
     assert _wait_for_rows(run, "gc", 6) == 6 and writer.encoder is None
     gc_rows.append((6, 1, 0, 0, 0, 6, False, "t"))
     manifest = writer.close("completed")
@@ -469,7 +456,7 @@ def test_the_encoder_process_writes_and_the_writer_outlives_its_death(tmp_path):
 
 
 def test_rows_are_packed_after_forwards_and_flushed_without_them(tmp_path):
-    """A forward's launch ('overlap') packs the new rows on the engine thread when due, at most every
+    """A forward's launch ('handover') packs the new rows on the engine thread when due, at most every
     PACK_EVERY_S, and the writer thread sends them; without forwards the interval still flushes."""
     run = tmp_path / "run"
     writer = RunWriter(run, {}, flush_interval_s=30)  # the interval alone would not flush during this test
@@ -478,21 +465,21 @@ def test_rows_are_packed_after_forwards_and_flushed_without_them(tmp_path):
     rows.append((1, 1, 0, 0, 0, 1, False, "t"))
     time.sleep(0.05)
     assert len(list(iter_stream(run, "gc"))) == 0
-    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})
+    writer.on_handover("handover", "i", time.perf_counter_ns(), {})
     assert rows == [] and writer.packs_after_forward == 1  # taken and pickled on the calling thread
     assert _wait_for_rows(run, "gc", 1) == 1
     rows.append((2, 1, 0, 0, 0, 2, False, "t"))
-    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})  # too soon after the last pack: not due
+    writer.on_handover("handover", "i", time.perf_counter_ns(), {})  # too soon after the last pack: not due
     assert len(rows) == 1 and writer.packs_after_forward == 1
     time.sleep(0.1)  # PACK_EVERY_S later it is due again
-    writer.on_overlap("overlap", "i", time.perf_counter_ns(), {})
+    writer.on_handover("handover", "i", time.perf_counter_ns(), {})
     assert _wait_for_rows(run, "gc", 2) == 2 and writer.packs_after_forward == 2
     assert writer.close("completed")["writer"]["packs_after_forward"] == 2
 
     cpu = RunWriter(tmp_path / "cpu", {}, flush_interval_s=30, pack_after_forward=False)  # nothing to hide behind
     cpu.start()
     cpu.stream("gc").rows.append((1, 1, 0, 0, 0, 1, False, "t"))
-    cpu.on_overlap("overlap", "i", time.perf_counter_ns(), {})  # wakes the writer thread, which packs
+    cpu.on_handover("handover", "i", time.perf_counter_ns(), {})  # wakes the writer thread, which packs
     assert _wait_for_rows(tmp_path / "cpu", "gc", 1) == 1 and cpu.packs_after_forward == 0
     assert cpu.close("completed")["writer"]["packer"] == "writer thread"
 
@@ -506,7 +493,7 @@ def test_rows_are_packed_after_forwards_and_flushed_without_them(tmp_path):
 def test_the_encoder_writes_what_it_was_sent_when_the_engine_process_dies(tmp_path):
     code = f"""
 import os, sys, time
-from traceinfer.probes.rundir import RunWriter
+from traceinfer.rundir.writer import RunWriter
 w = RunWriter({str(tmp_path / "run")!r}, {{}}, flush_interval_s=60)
 w.start()
 w.stream("tokens").rows.extend((i, 0, "r", i, 100 + i) for i in range(1000))
@@ -573,17 +560,16 @@ def test_trace_problems_catches_bad_traces():
 
 def test_perfetto_trace_validates_and_merges_every_stream(make_llm, tmp_path):
     llm = make_llm(num_kv_blocks=16, block_size=4)
-    options = ProbeOptions(sample_hz=200, stack_hz=200)
+    options = ProbesConfig(sample_hz=200, stack_hz=200)
     with attach(llm.engine, "all", tmp_path / "run", options) as session:
         llm.generate(prompts_of(4, 10, seed=5), greedy(12))  # preempts in a 16-block cache
         gc.collect()
-    path = write_trace(session.run_dir)
+    path = write_trace(build_trace(open_run(session.run_dir)), tmp_path / "trace.json")
     trace = json.loads(path.read_text())
     assert trace_problems(trace) == []
-    assert trace == json.loads(json.dumps(build_trace(session.run_dir)))
     events = trace["traceEvents"]
     names = {e["name"] for e in events}
-    assert {"step", "schedule", "prepare_inputs", "forward (eager)", "probe hand-over", "sample", "postprocess"} <= names
+    assert {"step", "schedule", "prepare", "forward (eager)", "handover", "sample", "postprocess"} <= names
     assert {"KV blocks", "queues", "batch tokens", "process CPU %", "RSS MB", "gc gen2"} <= names
     assert {"queued", "prefill", "decode", "preempted"} <= names
     threads = {e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name" and e["pid"] == 3}

@@ -1,21 +1,28 @@
-"""The one typed configuration path: defaults < traceinfer.toml < environment < explicit options.
+"""The one typed configuration path: defaults < traceinfer.toml < environment < command line.
 
-traceinfer.toml (read from the working directory) has one table per section, e.g.::
+traceinfer.toml (read from the working directory, or ``--config FILE``) has one table per section::
 
     [engine]
-    model = "synthetic:tiny"
+    model = "auto"
     block_size = 16
 
-Environment variables are ``TRACEINFER_<SECTION>_<KEY>`` (``TRACEINFER_ENGINE_BLOCK_SIZE=32``).
-Every error names the key and what it accepts.
+    [workload]
+    name = "chatbot"
+
+Each section is a frozen dataclass below (``SECTIONS``); every field carries its help text, and the
+command line's options are derived from these fields (traceinfer.cli.options), so an option is written
+once. Environment variables are ``TRACEINFER_<SECTION>_<KEY>`` (``TRACEINFER_ENGINE_BLOCK_SIZE=32``).
+An unknown section or key, a key outside any section, or a value of the wrong type is an error that
+names the key and what it accepts. Standard library only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,112 +34,292 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_CONFIG_FILE = "traceinfer.toml"
+ENV_PREFIX = "TRACEINFER_"
+
+
+def option(default: Any, help: str, *, flag: str | None = None, cli: bool = True) -> Any:
+    """A config field with its help text. ``flag``: the command-line name (default: the field name with
+    dashes); ``cli=False``: settable in traceinfer.toml and the environment only."""
+    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli})
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    model: str = "synthetic:tiny"  # a HF model directory, or synthetic:tiny / synthetic:qwen3-0.6b
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
-    device: str = "auto"  # auto: cuda when available, else cpu
-    seed: int = 0  # seeds synthetic weights and unseeded sampling
-    block_size: int = 16
-    num_kv_blocks: int | None = None  # fixes the KV cache size; otherwise sized from memory
-    cpu_kv_cache_gib: float = 1.0  # KV cache size on CPU when num_kv_blocks is not set
-    gpu_memory_utilization: float = 0.9  # share of GPU memory for weights, activations and KV cache
-    max_model_len: int | None = None  # default: the model's max_position_embeddings, at most 8192
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    enable_prefix_caching: bool = True
-    enable_chunked_prefill: bool = True
-    attention_backend: Literal["auto", "torch", "triton", "flash_attn"] = "auto"
-    enforce_eager: bool = False  # no CUDA graphs
+    """[engine]: the model, the device and the engine's limits."""
+
+    model: str = option("auto", "a HF model directory, synthetic:tiny, synthetic:qwen3-0.6b, or auto "
+                        "(synthetic:qwen3-0.6b on CUDA, synthetic:tiny on CPU)")  # fmt: skip
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = option("auto", "auto: float32 on CPU, bfloat16 on CUDA")
+    device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    seed: int = option(0, "seeds synthetic weights and unseeded sampling", flag="engine-seed")
+    block_size: int = option(16, "tokens per KV block")
+    num_kv_blocks: int | None = option(None, "KV blocks; fixes the KV cache size (default: sized from memory)")
+    cpu_kv_cache_gib: float = option(1.0, "KV cache size on CPU when num_kv_blocks is not set")
+    gpu_memory_utilization: float = option(0.9, "share of GPU memory for weights, activations and the KV cache")
+    max_model_len: int | None = option(None, "longest sequence (default: the model's max_position_embeddings, "
+                                       "at most 8192)")  # fmt: skip
+    max_num_seqs: int = option(256, "most requests running at once")
+    max_num_batched_tokens: int = option(8192, "token budget of one step (decodes + prefill chunks)")
+    enable_prefix_caching: bool = option(True, "reuse KV blocks of shared prompt prefixes", flag="prefix-caching")
+    enable_chunked_prefill: bool = option(True, "split long prefills across steps", flag="chunked-prefill")
+    attention_backend: Literal["auto", "torch", "triton", "flash_attn"] = option("auto", "attention kernels")
+    enforce_eager: bool = option(False, "no CUDA graphs")
 
     def __post_init__(self) -> None:
-        _check_literals(self, "engine")
-        positive = ("block_size", "max_num_seqs", "max_num_batched_tokens")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise ConfigError(f"engine.{key} must be >= 1, got {getattr(self, key)}")
+        for f in fields(self):
+            hint = typing.get_type_hints(type(self))[f.name]
+            if typing.get_origin(hint) is Literal and getattr(self, f.name) not in typing.get_args(hint):
+                raise ConfigError(f"engine.{f.name} must be {_type_name(hint)}, got {getattr(self, f.name)!r}")
+        for key in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            _at_least(self, "engine", key, 1)
         for key in ("num_kv_blocks", "max_model_len"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise ConfigError(f"engine.{key} must be >= 1 when set, got {value}")
+            if getattr(self, key) is not None:
+                _at_least(self, "engine", key, 1)
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ConfigError(f"engine.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.cpu_kv_cache_gib <= 0:
             raise ConfigError(f"engine.cpu_kv_cache_gib must be > 0, got {self.cpu_kv_cache_gib}")
 
 
-SECTIONS: dict[str, type] = {"engine": EngineConfig}
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """[workload]: which workload to run and what to change in its spec (traceinfer.workloads). A value
+    left unset keeps the workload's own, which depends on the device (smaller on a CPU)."""
 
 
-def _check_literals(obj, section: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    for f in fields(obj):
-        allowed = typing.get_args(hints[f.name]) if typing.get_origin(hints[f.name]) is Literal else None
-        if allowed and getattr(obj, f.name) not in allowed:
-            raise ConfigError(f"{section}.{f.name} must be one of {', '.join(map(repr, allowed))}, got {getattr(obj, f.name)!r}")
+    name: str = option("chatbot", "the workload", flag="workload")
+    num_requests: int | None = option(None, "requests in the workload")
+    seed: int | None = option(None, "workload seed (unset: the workload's, 0)", flag="workload-seed")
+    temperature: float | None = option(None, "sampling temperature of every request")
+    min_input_len: int | None = option(None, "shortest prompt (bench)")
+    max_input_len: int | None = option(None, "longest prompt (bench)")
+    min_output_len: int | None = option(None, "fewest output tokens (bench)")
+    max_output_len: int | None = option(None, "most output tokens (bench)")
+    warmup: bool = option(True, "run the workload once, unprobed and untimed, before the measured run "
+                          "(--no-warmup measures a cold engine: Triton compiles, allocator growth)")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.num_requests is not None:
+            _at_least(self, "workload", "num_requests", 1)
+        if self.temperature is not None and self.temperature < 0:
+            raise ConfigError(f"workload.temperature must be >= 0, got {self.temperature}")
+
+    def overrides(self) -> dict[str, Any]:
+        """The spec fields this config sets (name and warmup are not spec fields)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("name", "warmup") and getattr(self, f.name) is not None}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ProbesConfig:
+    """[probes]: which probes watch the engine and how. A rate left unset takes the selection's: 20 Hz,
+    or 100 Hz when ``all`` is selected (the overhead target of ``all`` is stated at 100 Hz)."""
+
+    select: str = option("default", "off | default | all | a comma list of probe and set names", flag="probes")
+    sample_hz: float | None = option(None, "NVML and psutil sampling rate (default 20, 100 with 'all')")
+    stack_hz: float | None = option(None, "thread stack sampling rate (default 20, 100 with 'all')")
+    nvtx_layers: bool = option(False, "an NVTX range per decoder layer (eager forwards only: graphs run no Python)")
+    cuda_profiler_range: bool = option(True, "torch.cuda.profiler start/stop around the measured run "
+                                       "(for nsys --capture-range=cudaProfilerApi)")  # fmt: skip
+    memory_snapshot: bool = option(False, "record torch.cuda.memory history and write a snapshot (CUDA)")
+    flush_interval_s: float = option(0.5, "how often streams reach the disk: what a crash can lose", cli=False)
+    baseline: bool = option(True, "after the probed run, run the workload again with probes off to measure "
+                            "their cost")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for key in ("sample_hz", "stack_hz"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value <= 1000:
+                raise ConfigError(f"probes.{key} must be in (0, 1000] Hz, got {value}")
+        if not 0 < self.flush_interval_s <= 60:
+            raise ConfigError(f"probes.flush_interval_s must be in (0, 60] seconds, got {self.flush_interval_s}")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """[output]: where a run directory goes and what is written into it."""
+
+    root: str = option("runs", "the folder that new run directories go into", flag="out-root")
+    run_dir: str | None = option(None, "the run directory to create (default: <root>/<time>-<workload>)", flag="out")
+    perfetto: bool = option(True, "write trace.json, a Perfetto timeline of the run")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """[report]: reports of a run directory. Holds nothing yet: the report command lands with its issue."""
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """[telemetry]: the live telemetry endpoint. Holds nothing yet: the endpoint lands with its issue."""
+
+
+@dataclass(frozen=True)
+class Config:
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+
+
+SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in fields(Config)}
+
+
+def _at_least(obj, section: str, key: str, low: int) -> None:
+    if getattr(obj, key) < low:
+        raise ConfigError(f"{section}.{key} must be >= {low}, got {getattr(obj, key)}")
+
+
+def _type_name(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, args))
+    names = [getattr(a, "__name__", str(a)) for a in (args or (hint,)) if a is not type(None)]
+    return " or ".join(names) + (" (or unset)" if type(None) in args else "")
 
 
 def _coerce(section: str, key: str, hint, value: Any, source: str) -> Any:
-    """Turn a TOML or environment value into the field's type, or name the key in an error."""
+    """A TOML value or an option (typed: it must already be of the field's type; ``source`` "") or an
+    environment string (parsed) as the field's type; a ConfigError naming the key and what it accepts
+    otherwise."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    from_env = source.startswith(ENV_PREFIX)
+
+    def bad() -> ConfigError:
+        where = f" from {source}" if source else ""
+        return ConfigError(f"{section}.{key}{where} must be {_type_name(hint)}, got {value!r}")
+
     if origin is Literal:
-        return str(value)
+        if value not in args:
+            raise bad()
+        return value
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if origin is not None else hint
-    if optional and (value is None or (isinstance(value, str) and value.lower() in ("", "none"))):
+    if optional and from_env and value.strip().lower() in ("", "none"):
         return None
-    try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if base is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(value)
-        return base(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{section}.{key} from {source} must be {getattr(base, '__name__', base)}, got {value!r}") from None
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        raise bad()
+    if isinstance(value, bool):  # a TOML true is not the number 1
+        raise bad()
+    if base is int:
+        if isinstance(value, int):
+            return value
+        if from_env:
+            try:
+                return int(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if base is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if from_env:
+            try:
+                return float(value)
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    raise bad()  # pragma: no cover - every field type is handled above
 
 
-def load_section(
-    section: str, overrides: dict[str, Any] | None = None, path: str | Path | None = None, environ=None
-):
-    """Build the dataclass of ``section`` with defaults < toml < environment < ``overrides``."""
-    cls = SECTIONS[section]
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    values: dict[str, Any] = {}
+def _known(cls: type) -> str:
+    names = sorted(f.name for f in fields(cls))
+    return ", ".join(names) if names else "none yet"
 
+
+def _from_table(file: Path, table: dict) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for section, keys in table.items():
+        if section not in SECTIONS:
+            if not isinstance(keys, dict):
+                raise ConfigError(f"{file}: key {section!r} is outside any section; put it under one of "
+                                  f"{', '.join(f'[{s}]' for s in SECTIONS)}")  # fmt: skip
+            raise ConfigError(f"{file}: unknown section [{section}]; sections: {', '.join(SECTIONS)}")
+        if not isinstance(keys, dict):
+            raise ConfigError(f"{file}: {section!r} must be a section ([{section}]), got a value")
+        cls = SECTIONS[section]
+        hints = typing.get_type_hints(cls)
+        for key, value in keys.items():
+            if key not in hints:
+                raise ConfigError(f"{file}: unknown key {section}.{key}; known: {_known(cls)}")
+            out.setdefault(section, {})[key] = _coerce(section, key, hints[key], value, str(file))
+    return out
+
+
+def _from_environ(environ) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for var, value in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            raise ConfigError(f"environment variable {var}: unknown section; variables are "
+                              f"{ENV_PREFIX}<SECTION>_<KEY> with SECTION one of {', '.join(SECTIONS)}")  # fmt: skip
+        key = rest[len(section) + 1 :]
+        cls = SECTIONS[section]
+        hints = typing.get_type_hints(cls)
+        if key not in hints:
+            raise ConfigError(f"environment variable {var}: unknown key {section}.{key}; known: {_known(cls)}")
+        out.setdefault(section, {})[key] = _coerce(section, key, hints[key], value, var)
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    environ=None,
+) -> Config:
+    """The whole configuration: defaults < ``path`` (default ./traceinfer.toml when present) < the
+    environment < ``overrides`` ({section: {key: value}}; a value of None is "not given")."""
+    layers: list[dict[str, dict[str, Any]]] = []
     file = Path(path) if path is not None else Path.cwd() / DEFAULT_CONFIG_FILE
-    if file.exists():
+    if file.is_file():
         try:
-            table = tomllib.loads(file.read_text()).get(section, {})
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file} is not valid TOML: {exc}") from exc
-        for key, value in table.items():
-            if key not in names:
-                raise ConfigError(f"{file}: unknown key {section}.{key}; known: {', '.join(sorted(names))}")
-            values[key] = _coerce(section, key, hints[key], value, str(file))
+            table = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file} is not valid TOML: {exc}") from None
+        layers.append(_from_table(file, table))
     elif path is not None:
         raise ConfigError(f"config file {file} does not exist")
+    layers.append(_from_environ(os.environ if environ is None else environ))
+    given: dict[str, dict[str, Any]] = {}
+    for section, keys in (overrides or {}).items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section {section!r}; sections: {', '.join(SECTIONS)}")
+        hints = typing.get_type_hints(SECTIONS[section])
+        for key, value in keys.items():
+            if key not in hints:
+                raise ConfigError(f"unknown option {section}.{key}; known: {_known(SECTIONS[section])}")
+            if value is not None:
+                given.setdefault(section, {})[key] = _coerce(section, key, hints[key], value, "")
+    layers.append(given)
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values: dict[str, Any] = {}
+        for layer in layers:
+            values.update(layer.get(name, {}))
+        sections[name] = cls(**values)
+    return Config(**sections)
 
-    env = os.environ if environ is None else environ
-    prefix = f"TRACEINFER_{section.upper()}_"
-    for var, value in env.items():
-        if var.startswith(prefix):
-            key = var[len(prefix) :].lower()
-            if key not in names:
-                raise ConfigError(f"environment variable {var}: unknown key {section}.{key}")
-            values[key] = _coerce(section, key, hints[key], value, var)
 
-    for key, value in (overrides or {}).items():
-        if key not in names:
-            raise ConfigError(f"unknown option {section}.{key}; known: {', '.join(sorted(names))}")
-        if value is not None:
-            values[key] = value
-    return cls(**values)
+def load_section(section: str, overrides: dict[str, Any] | None = None, path: str | Path | None = None, environ=None):
+    """One section of ``load_config``: ``load_section("engine", {"block_size": 32})``."""
+    return getattr(load_config(path, {section: overrides or {}}, environ), section)
+
+
+def replace(config: Config, **sections: dict[str, Any]) -> Config:
+    """``config`` with some fields of some sections changed: ``replace(c, engine={"device": "cpu"})``."""
+    return dataclasses.replace(
+        config, **{name: dataclasses.replace(getattr(config, name), **changes) for name, changes in sections.items()}
+    )

@@ -19,3 +19,7 @@ class ConfigError(TraceinferError, ValueError):
 
 class BackendUnavailableError(TraceinferError, RuntimeError):
     """An attention backend or device was asked for that this machine cannot provide."""
+
+
+class RunDirError(TraceinferError):
+    """A path is not a readable run directory, or a stream or column asked of it does not exist."""

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from traceinfer.probes import read_manifest, read_stream
+from traceinfer.rundir import read_manifest, read_stream
 
 pytestmark = [
     pytest.mark.gpu,
@@ -50,7 +50,7 @@ def test_nvtx_ranges_reach_nsys_one_per_step_and_stage(tmp_path):
     model_steps = [s for s in steps if s["forward_ns"] is not None]
     graph_steps = sum(1 for s in model_steps if s["cuda_graph"])
     assert ranges["step"] == len(steps) and ranges["schedule"] == len(steps)
-    assert ranges["prepare_inputs"] == ranges["sample"] == len(model_steps)
+    assert ranges["prepare"] == ranges["sample"] == len(model_steps)
     assert ranges.get("forward (graph)", 0) == graph_steps > 0
     assert ranges.get("forward (eager)", 0) == len(model_steps) - graph_steps
     assert ranges["block allocate"] >= 8 and ranges["block free"] >= 8  # one per request at least

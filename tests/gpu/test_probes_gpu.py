@@ -8,13 +8,14 @@ import json
 import pytest
 import torch
 
-from tests.probe_checks import leaks, trace_problems
-from traceinfer import LLM, SamplingParams
-from traceinfer.probes import ProbeOptions, attach, read_manifest, read_stream
+from tests.probe_checks import trace_problems
+from traceinfer import LLM, SamplingParams, open_run
+from traceinfer.analysis import kv as kv_analysis
+from traceinfer.config import ProbesConfig
+from traceinfer.probes import attach
 from traceinfer.probes.kv_events import block_manager_state
-from traceinfer.reports import kv_analysis
-from traceinfer.reports.frames import load_frame
-from traceinfer.reports.perfetto import write_trace
+from traceinfer.render.perfetto import build_trace
+from traceinfer.rundir import read_manifest, read_stream
 
 pytestmark = [
     pytest.mark.gpu,
@@ -31,10 +32,10 @@ def test_all_probes_on_cuda(llm, tmp_path):
     engine = llm.engine
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 10000, (n,), generator=g).tolist() for n in (5, 17, 33, 48, 64, 1, 16)]
-    options = ProbeOptions(sample_hz=100, stack_hz=100, memory_snapshot=True)
+    options = ProbesConfig(sample_hz=100, stack_hz=100, memory_snapshot=True)
     with attach(engine, "all", tmp_path / "run", options) as session:
         outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True))
-    assert leaks([engine]) == []
+    assert engine.hooks.subscribed() == {}
     run = session.run_dir
     m = read_manifest(run)
     details = m["probes"]["details"]
@@ -57,8 +58,9 @@ def test_all_probes_on_cuda(llm, tmp_path):
     assert (run / "memory_snapshot.pickle").stat().st_size > 0
     assert details["nvtx"]["available"] and details["nvtx"]["cuda_profiler_range"]
 
-    kv = load_frame(run, "kv_events")
+    kv = open_run(run).frame("kv_events")
     assert kv_analysis.replay(kv) == kv_analysis.KVState.from_snapshot(block_manager_state(engine.block_manager))
     tokens = read_stream(run, "tokens")
     assert len(tokens) == sum(len(o.token_ids) for o in outputs)
-    assert trace_problems(json.loads(write_trace(run).read_text())) == []
+    assert trace_problems(json.loads(json.dumps(build_trace(open_run(run))))) == []
+    assert all(m["streams"][name]["parquet"] for name in open_run(run).streams)

@@ -12,7 +12,7 @@ them with ``if hooks.point:``.
 
 Spans are delivered as they happen. The instant events that carry a step's data (``block``,
 ``tokens``, ``finish``) are handed over later, while the GPU runs the next step's forward (the
-``overlap`` point): on the host they would lengthen the step, behind the GPU they cost nothing. Such
+``handover`` point): on the host they would lengthen the step, behind the GPU they cost nothing. Such
 an event carries the time it happened (``t_ns``, via ``emit_at``) and its ``step``; it reaches
 subscribers within one step's host time, and in order.
 """
@@ -30,17 +30,18 @@ Subscriber = Callable[[str, Phase, int, dict], None]
 #: Every hook point the engine calls, in the order a step reaches them.
 HOOK_POINTS: tuple[str, ...] = (
     "add_request",  # i: request_id, prompt_len, max_tokens, priority, arrival_ns
-    "step",  # span: step; end: num_outputs, overlap ((start, duration) ns of the work at 'overlap', or None)
+    "step",  # span: step; end: num_outputs, handover ((start, duration) ns of the step's handover, or None)
     "schedule",  # span: step; end carries the scheduled batch summary
     "block_manager",  # span around a block-manager call that does work: call, request_id
-    "block",  # i: ops (list of block_manager.BlockOp, each with its time and step), handed over at 'overlap'
+    "block",  # i: ops (list of block_manager.BlockOp, each with its time and step), handed over at 'handover'
     "preempt",  # i: request_id, num_computed_tokens, blocks_freed
-    "prepare_inputs",  # span: num_seqs, num_tokens
+    "prepare",  # span: num_seqs, num_tokens (the forward's inputs)
     "forward",  # span: num_tokens, cuda_graph
-    "overlap",  # i, once per step with a forward: its GPU work is launched, the host has not yet waited for it
+    "handover",  # i, once per step with a forward: its GPU work is launched, the engine has handed over the
+    # held-back events, the host has not yet waited for the GPU: probes do their per-step work here
     "sample",  # span: num_seqs
     "postprocess",  # span: num_seqs
-    "tokens",  # i, once per step, handed over at the next 'overlap': step, request_ids, token_ids, indices
+    "tokens",  # i, once per step, handed over at the next 'handover': step, request_ids, token_ids, indices
     "finish",  # i, handed over after the step's tokens: step, request_id, reason, num_output_tokens, error
 )
 

@@ -6,7 +6,7 @@ Offline use: ``LLM(model).generate(prompts, params)``. Online use: the step API 
 
 from __future__ import annotations
 
-import gc
+import dataclasses
 import itertools
 import time
 from typing import Sequence as Seq
@@ -16,45 +16,37 @@ import torch
 from traceinfer.config import EngineConfig, load_section
 from traceinfer.engine.attention import select_backend
 from traceinfer.engine.block_manager import BlockManager
+from traceinfer.engine.device import resolve_device, resolve_dtype, resolve_model
 from traceinfer.engine.hooks import Hooks
 from traceinfer.engine.loader import load_hf_config, load_model
 from traceinfer.engine.model_runner import ModelRunner
 from traceinfer.engine.sampling_params import SamplingParams
-from traceinfer.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput, ScheduledSeq
+from traceinfer.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput
 from traceinfer.engine.sequence import FinishReason, RequestOutput, Sequence
 from traceinfer.errors import ConfigError, InvalidRequestError
 
 Prompt = str | Seq[int]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"engine.device={name!r} but torch sees no CUDA device on this machine")
-    return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
-
 
 class LLMEngine:
+    """The engine built from an EngineConfig; ``config`` keeps it with 'auto' device and model resolved."""
+
     def __init__(self, config: EngineConfig, hooks: Hooks | None = None) -> None:
-        self.config = config
         self.hooks = hooks or Hooks()
         self.device = resolve_device(config.device)
+        config = dataclasses.replace(config, device=str(self.device), model=resolve_model(config.model, self.device))
+        self.config = config
         self.dtype = resolve_dtype(config.dtype, self.device)
         backend = select_backend(config.attention_backend, self.device, config.block_size)
         self.attention_backend = backend.name
 
         hf_config = load_hf_config(config.model)
-        self.max_model_len = config.max_model_len or min(hf_config.max_position_embeddings, 8192)
+        limit = hf_config.max_position_embeddings
+        if config.max_model_len is not None and config.max_model_len > limit:
+            raise ConfigError(
+                f"engine.max_model_len={config.max_model_len} is above the model's max_position_embeddings={limit}"
+            )
+        self.max_model_len = config.max_model_len or min(limit, 8192)
         if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:
             raise ConfigError(
                 f"engine.max_num_batched_tokens={config.max_num_batched_tokens} is below max_model_len="
@@ -99,14 +91,10 @@ class LLMEngine:
         self.requests: dict[str, Sequence] = {}
         self._ids = itertools.count()
         self.step_index = 0
-        # instant events handed to the hooks late (see hand_over_events): (point, t_ns, fields); a
-        # 'tokens' entry holds (step, sequences, token ids), its lists are built at hand-over
+        # instant events handed to the hooks late (see handover): (point, t_ns, fields); a
+        # 'tokens' entry holds (step, sequences, token ids), its lists are built at the handover
         self._deferred: list[tuple] = []
-        self._overlap_span: tuple[int, int] | None = None  # (start, duration) in ns of this step's _overlap
-        # the model, torch and transformers leave ~10^5 long-lived objects; freezing them keeps full
-        # collections in the serving loop from scanning them again and again (vLLM does the same)
-        gc.collect()
-        gc.freeze()
+        self._handover_span: tuple[int, int] | None = None  # (start, duration) in ns of this step's handover
 
     # -- requests --------------------------------------------------------------------------
     def _tokens(self, prompt: Prompt) -> list[int]:
@@ -164,7 +152,7 @@ class LLMEngine:
             return None
         self.scheduler.remove(seq)
         output = self._finish(seq, FinishReason.ABORTED)
-        self.hand_over_events()
+        self.handover()
         return output
 
     def has_unfinished(self) -> bool:
@@ -180,7 +168,7 @@ class LLMEngine:
         hooks = self.hooks
         outputs: list[RequestOutput] = []
         self.block_manager.step = self.step_index
-        self._overlap_span = None
+        self._handover_span = None
         with hooks.step.span(step=self.step_index) as step_info:
             with hooks.schedule.span(step=self.step_index) as info:
                 out = self.scheduler.schedule()
@@ -189,26 +177,27 @@ class LLMEngine:
             for seq in out.failed:
                 outputs.append(self._finish(seq, FinishReason.ERROR, seq.error, already_finished=True))
             if not out.is_empty:
-                sampled, tokens = self.runner.execute(out, self._overlap)
+                sampled, tokens = self.runner.execute(out, self._handover_behind_forward)
                 with hooks.postprocess.span(num_seqs=len(out.scheduled)):
                     outputs.extend(self._postprocess(out.scheduled, sampled, tokens))
             if out.is_empty or not self.scheduler.has_unfinished():
-                self.hand_over_events()  # no next forward to hide the hand-over behind
+                self.handover()  # no next forward to hide the handover behind
             if step_info is not None:
-                step_info.update(step=self.step_index, num_outputs=len(outputs), overlap=self._overlap_span)
+                step_info.update(step=self.step_index, num_outputs=len(outputs), handover=self._handover_span)
         self.step_index += 1
         return outputs
 
-    def _overlap(self) -> None:
+    def _handover_behind_forward(self) -> None:
         """The runner calls this once the step's forward is launched: host work here hides behind the GPU.
-        Its start and duration go to the step's end event ('overlap'): the probes' share of the step."""
+        The engine hands over the held-back events, then the 'handover' point lets the probes do their
+        per-step work. Its start and duration go to the step's end event: the probes' share of the step."""
         t0 = time.perf_counter_ns()
-        self.hand_over_events()
-        if self.hooks.overlap:
-            self.hooks.overlap.emit(step=self.step_index)
-        self._overlap_span = (t0, time.perf_counter_ns() - t0)
+        self.handover()
+        if self.hooks.handover:
+            self.hooks.handover.emit(step=self.step_index)
+        self._handover_span = (t0, time.perf_counter_ns() - t0)
 
-    def hand_over_events(self) -> None:
+    def handover(self) -> None:
         """Hand the hooks what they get late: the block ops recorded so far, then the tokens and finishes
         of the last postprocess, each with the time and step it happened in.
 
@@ -264,7 +253,7 @@ class LLMEngine:
                 outputs.append(self._finish(seq, reason))
         if tokens and self.hooks.tokens:
             # one 'tokens' event per step, not one per sequence (at 256 sequences a call each would cost ~1% of
-            # a step), its lists built at hand-over, behind the next forward. Recorded once every token is appended
+            # a step), its lists built at the handover, behind the next forward. Recorded once every token is appended
             # (a Ctrl-C halfway loses the event rather than mislabel it), ahead of the step's finishes.
             self._deferred.insert(first_finish, (self.hooks.tokens, now, (self.step_index, sampled, tokens)))
         return outputs
@@ -320,16 +309,30 @@ class LLMEngine:
             return self.runner.forward_logits(out, all_rows=True)
         finally:
             self.block_manager.free(seq)
-            self.hand_over_events()
+            self.handover()
 
 
 class LLM:
-    """Offline batch generation: ``LLM("synthetic:tiny").generate(["Hello"], SamplingParams(...))``."""
+    """Offline batch generation: ``LLM("synthetic:tiny").generate(["Hello"], SamplingParams(...))``.
 
-    def __init__(self, model: str | None = None, hooks: Hooks | None = None, config_file=None, **engine_options) -> None:
+    The engine's config is ``config`` when given (a command has loaded it already), else traceinfer.toml
+    (``config_file``) and the environment, with ``engine_options`` over them."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        hooks: Hooks | None = None,
+        config_file=None,
+        config: EngineConfig | None = None,
+        **engine_options,
+    ) -> None:
         if model is not None:
             engine_options["model"] = model
-        self.engine = LLMEngine(load_section("engine", engine_options, config_file), hooks)
+        if config is None:
+            config = load_section("engine", engine_options, config_file)
+        elif engine_options:
+            config = dataclasses.replace(config, **engine_options)
+        self.engine = LLMEngine(config, hooks)
 
     def generate(
         self,

@@ -7,7 +7,6 @@ buffers; padding rows have slot -1 (nothing stored) and sequence length 0 (nothi
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,8 +29,6 @@ class RunnerStats:
 
     graph_steps: int = 0
     eager_decode_steps: int = 0  # decode-only steps that could not use a graph
-    eager_mixed_steps: int = 0
-    capture_seconds: float = 0.0
 
 
 def block_table_array(tables: list[list[int]], width: int) -> np.ndarray:
@@ -148,12 +145,12 @@ class ModelRunner:
             offset += len(seq.block_table)
             seqs.append(ScheduledSeq(seq, n))
         out = SchedulerOutput(seqs, sum(1 for n in lengths if n == 1), sum(lengths))
-        input_ids, positions, meta, rows = self.prepare_inputs(out)
+        input_ids, positions, meta, rows = self.prepare(out)
         hidden = self.model(input_ids, positions, meta)
         self.model.compute_logits(hidden[rows]).float()
 
     # -- inputs ----------------------------------------------------------------------------
-    def prepare_inputs(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+    def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
         """-> input_ids [T], positions [T], attention metadata, rows of the tokens to sample from."""
         bs = self.block_size
         input_ids: list[int] = []
@@ -196,7 +193,6 @@ class ModelRunner:
     # -- CUDA graphs -----------------------------------------------------------------------
     @torch.inference_mode()
     def capture_cuda_graphs(self) -> None:
-        start = time.perf_counter()
         max_bs = graph_batch_sizes(self.max_num_seqs)[-1]
         width = -(-self.max_model_len // self.block_size)
         dev = self.device
@@ -225,7 +221,6 @@ class ModelRunner:
             pool = graph.pool() if pool is None else pool
             self.graphs[b] = graph
         torch.cuda.synchronize(dev)
-        self.stats.capture_seconds = time.perf_counter() - start
 
     def _graph_meta(self, b: int) -> AttentionMetadata:
         return AttentionMetadata(
@@ -297,7 +292,7 @@ class ModelRunner:
         decode_only = out.num_decode_seqs == len(out.scheduled)
         if graph_size is not None:
             self.stats.graph_steps += 1
-            with hooks.prepare_inputs.span(num_seqs=len(out.scheduled), num_tokens=out.num_batched_tokens):
+            with hooks.prepare.span(num_seqs=len(out.scheduled), num_tokens=out.num_batched_tokens):
                 rows = self._fill_graph_inputs(out, graph_size)
             with hooks.forward.span(num_tokens=len(out.scheduled), num_decode_seqs=out.num_decode_seqs, cuda_graph=True):
                 self.graphs[graph_size].replay()
@@ -307,10 +302,8 @@ class ModelRunner:
                 return self.model.compute_logits(hidden).float()
         if decode_only:
             self.stats.eager_decode_steps += 1
-        else:
-            self.stats.eager_mixed_steps += 1
-        with hooks.prepare_inputs.span(num_seqs=len(out.scheduled), num_tokens=out.num_batched_tokens):
-            input_ids, positions, meta, rows = self.prepare_inputs(out)
+        with hooks.prepare.span(num_seqs=len(out.scheduled), num_tokens=out.num_batched_tokens):
+            input_ids, positions, meta, rows = self.prepare(out)
         with hooks.forward.span(num_tokens=len(input_ids), num_decode_seqs=out.num_decode_seqs, cuda_graph=False):
             hidden = self.model(input_ids, positions, meta)
             if not all_rows:
@@ -318,14 +311,14 @@ class ModelRunner:
             return self.model.compute_logits(hidden).float()
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, overlap: Callable[[], None] | None = None) -> tuple[list[Sequence], list[int]]:
+    def execute(self, out: SchedulerOutput, handover: Callable[[], None] | None = None) -> tuple[list[Sequence], list[int]]:
         """Run the step; returns the sequences whose chunk samples and their sampled tokens.
 
-        ``overlap`` is called once the forward is launched, before the host waits for the device:
+        ``handover`` is called once the forward is launched, before the host waits for the device:
         host work done there runs while the GPU computes (on CPU it simply runs in line)."""
         logits = self.forward_logits(out)
-        if overlap is not None:
-            overlap()
+        if handover is not None:
+            handover()
         sampling = [s.seq for s in out.scheduled if s.samples]
         if not sampling:
             return sampling, []

@@ -66,8 +66,6 @@ class Sequence:
         self.error: str | None = None
         self.num_preemptions = 0
         self.token_times_ns: list[int] = []  # host time each output token was produced
-        self.first_scheduled_ns: int | None = None
-        self.finished_ns: int | None = None
         self.generator = None  # torch.Generator for seeded sampling, made by the model runner
 
     # -- state machine --------------------------------------------------------------------
@@ -80,7 +78,6 @@ class Sequence:
         self.transition(SequenceStatus.FINISHED)
         self.finish_reason = reason
         self.error = error
-        self.finished_ns = time.perf_counter_ns()
 
     @property
     def is_finished(self) -> bool:

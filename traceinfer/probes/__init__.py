@@ -5,24 +5,11 @@
     ...
     session.close()
 
-Probe names and sets: ``PROBES`` and ``PRESETS``; stream schemas: ``traceinfer.probes.rundir.STREAMS``.
-Nothing here imports traceinfer.reports: the reports read the run directory.
+Probe names and sets: ``PROBES`` and ``PRESETS``; stream schemas: ``traceinfer.rundir.STREAMS``.
+Probes write through traceinfer.rundir; nothing here imports the analyzers, renderers or commands.
 """
 
-from traceinfer.probes.base import Probe, ProbeOptions
-from traceinfer.probes.rundir import STREAMS, iter_stream, read_manifest, read_stream
+from traceinfer.probes.base import Probe
 from traceinfer.probes.session import PRESETS, PROBES, ProbeSession, attach, resolve_probes
 
-__all__ = [
-    "PRESETS",
-    "PROBES",
-    "STREAMS",
-    "Probe",
-    "ProbeOptions",
-    "ProbeSession",
-    "attach",
-    "iter_stream",
-    "read_manifest",
-    "read_stream",
-    "resolve_probes",
-]  # fmt: skip
+__all__ = ["PRESETS", "PROBES", "Probe", "ProbeSession", "attach", "resolve_probes"]

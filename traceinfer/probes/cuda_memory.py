@@ -2,7 +2,7 @@
 and optionally a ``torch.cuda.memory`` snapshot for https://pytorch.org/memory_viz.
 
 It reads ``torch.cuda.memory_stats_as_nested_dict`` (the allocator's own dict; ``memory_stats`` would
-flatten and sort its few hundred entries in Python on every step) at the 'overlap' point, once the
+flatten and sort its few hundred entries in Python on every step) at the 'handover' point, once the
 step's forward is launched: its inputs are allocated, the previous step's temporaries freed, and the
 read hides behind the GPU. One call per step, so this probe is in ``all``, not ``default``. Absent
 (no rows, the reason in the manifest) without CUDA.
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from traceinfer.probes.base import Probe, ProbeContext
-from traceinfer.probes.rundir import MEMORY_SNAPSHOT
+from traceinfer.rundir.schema import MEMORY_SNAPSHOT
 
 
 class CudaMemoryProbe(Probe):
@@ -41,7 +41,7 @@ class CudaMemoryProbe(Probe):
         self._append = ctx.writer.stream("cuda_memory").rows.append
 
     def subscriptions(self) -> dict[str, Callable]:
-        return {"overlap": self._on_overlap} if self._torch is not None else {}
+        return {"handover": self._on_handover} if self._torch is not None else {}
 
     def start(self) -> None:
         if self._torch is not None:
@@ -49,7 +49,7 @@ class CudaMemoryProbe(Probe):
             if self.ctx.options.memory_snapshot:
                 self._torch.cuda.memory._record_memory_history(max_entries=100_000)
 
-    def _on_overlap(self, point: str, phase: str, t: int, fields: dict) -> None:
+    def _on_handover(self, point: str, phase: str, t: int, fields: dict) -> None:
         s = self._torch.cuda.memory_stats_as_nested_dict(self._device)
         allocated = s["allocated_bytes"]["all"]
         reserved = s["reserved_bytes"]["all"]["current"]

@@ -2,8 +2,8 @@
 
 The first row is a 'snapshot' of the block manager when the probe attached (free queue order,
 reference counts, hashes, tokens of cached blocks), so that the log replays exactly even though the
-engine ran (warm-up) before. Then one packed row per hand-over of ops (the engine hands them over
-once per step, while the GPU runs the forward); ``iter_stream`` expands it to one row per op. Ops and
+engine ran (warm-up) before. Then one packed row per handover of ops (the engine hands them over
+once per step, while the GPU runs the forward); readers expand it to one row per op. Ops and
 their vLLM KV event names where they overlap:
 
     stored -> BlockStored      evict -> BlockRemoved      reset -> AllBlocksCleared
@@ -59,7 +59,7 @@ class KVEventProbe(Probe):
         return {"block": self._on_block}
 
     def _on_block(self, point: str, phase: str, t: int, f: dict) -> None:
-        """One packed row per hand-over of ops (readers expand it to one row per op): a transpose in C
+        """One packed row per handover of ops (readers expand it to one row per op): a transpose in C
         instead of a tuple per op."""
         ops = f["ops"]
         t_ns, step, op, rid, ids, hashes, refs, free, used, cached, parents, tokens = zip(*ops)

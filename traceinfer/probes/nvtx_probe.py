@@ -5,7 +5,7 @@ Each stage gets a range with a colour, a category and an integer payload:
     stage            category        payload
     step             engine          step index
     schedule         scheduler       step index
-    prepare_inputs   runner          query tokens
+    prepare          runner          query tokens
     forward          runner          query tokens   (message says "graph" or "eager")
     sample           runner          sequences sampled
     postprocess      engine          sequences
@@ -35,7 +35,7 @@ DOMAIN = "traceinfer"
 STAGES: dict[str, tuple[str, int, str | None]] = {
     "step": ("engine", 0xFF4C72B0, "step"),
     "schedule": ("scheduler", 0xFFDD8452, "step"),
-    "prepare_inputs": ("runner", 0xFF55A868, "num_tokens"),
+    "prepare": ("runner", 0xFF55A868, "num_tokens"),
     "forward": ("runner", 0xFFC44E52, "num_tokens"),
     "sample": ("runner", 0xFF8172B3, "num_seqs"),
     "postprocess": ("engine", 0xFF937860, "num_seqs"),

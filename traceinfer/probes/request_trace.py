@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from traceinfer.engine.block_manager import BlockOp
 from traceinfer.probes.base import Probe, ProbeContext
-from traceinfer.probes.rundir import STREAMS
+from traceinfer.rundir.schema import STREAMS
 
 _EXTRA_COLUMNS = STREAMS["requests"].names[4:]  # after t_ns, step, request_id, event
 _OP, _REQUEST = BlockOp._fields.index("op"), BlockOp._fields.index("request_id")

@@ -15,8 +15,9 @@ import os
 import tempfile
 
 from traceinfer.probes import sampler_process
-from traceinfer.probes.base import HelperProcess, Probe, ProbeContext
+from traceinfer.probes.base import Probe, ProbeContext
 from traceinfer.probes.sampler_process import NO_STEP, STEP
+from traceinfer.rundir.helper_process import HelperProcess
 
 
 def nvml_index(device) -> int:

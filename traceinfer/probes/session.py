@@ -19,18 +19,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from traceinfer.config import ProbesConfig
 from traceinfer.errors import ConfigError
-from traceinfer.probes.base import Probe, ProbeContext, ProbeOptions, StepState
+from traceinfer.probes.base import Probe, ProbeContext, StepState
 from traceinfer.probes.cuda_memory import CudaMemoryProbe
 from traceinfer.probes.environment import device_info, git_info, host_info, package_versions
 from traceinfer.probes.gc_probe import GCProbe
 from traceinfer.probes.kv_events import KVEventProbe
 from traceinfer.probes.nvtx_probe import NvtxProbe
 from traceinfer.probes.request_trace import RequestTraceProbe
-from traceinfer.probes.rundir import RunWriter
 from traceinfer.probes.samplers import SamplerProbe
 from traceinfer.probes.step_trace import StepTraceProbe
 from traceinfer.probes.threads import ThreadProbe
+from traceinfer.rundir.writer import RunWriter
 
 #: Every probe, by name, in the order they are attached.
 PROBES: dict[str, type[Probe]] = {
@@ -86,7 +87,7 @@ def _tokens(spec: str | Sequence[str]) -> list[str]:
     return tokens
 
 
-def _rates(spec: str | Sequence[str], options: ProbeOptions) -> tuple[float, float]:
+def _rates(spec: str | Sequence[str], options: ProbesConfig) -> tuple[float, float]:
     hz = ALL_HZ if "all" in _tokens(spec) else DEFAULT_HZ
     return options.sample_hz or hz, options.stack_hz or hz
 
@@ -104,6 +105,7 @@ def engine_manifest(engine) -> dict:
         "block_size": engine.block_manager.block_size,
         "max_model_len": engine.max_model_len,
         "cuda_graphs": bool(getattr(engine.runner, "graphs", None)),
+        "model_shapes": engine.model.shapes(),  # what the physical floor needs (traceinfer.analysis.floor)
     }
 
 
@@ -111,7 +113,7 @@ class ProbeSession:
     """Probes attached to one engine, writing one run directory."""
 
     def __init__(
-        self, engine, names: tuple[str, ...], writer: RunWriter, options: ProbeOptions, temporary: bool
+        self, engine, names: tuple[str, ...], writer: RunWriter, options: ProbesConfig, temporary: bool
     ) -> None:
         self.engine = engine
         self.names = names
@@ -135,20 +137,14 @@ class ProbeSession:
         while self._unsubscribe:
             self._unsubscribe.pop()()
 
-    def update_manifest(self, **fields: Any) -> None:
-        """Add top-level manifest fields (workload, results, overhead); written now and at close."""
-        self.writer.manifest.update(fields)
-        if not self.closed:
-            self.writer.write_manifest()
-
     def close(self, status: str = "completed", error: str | None = None, **manifest_fields: Any) -> dict:
         """Take the events the engine still holds, unsubscribe, stop every probe, flush, write the final
         manifest; returns it. Safe to call twice. Call it from the thread that steps the engine (or while
-        the engine is not stepping): the hand-over touches the engine's pending events."""
+        the engine is not stepping): the handover touches the engine's pending events."""
         if self.closed:
             return self.writer.manifest
         try:
-            self.engine.hand_over_events()  # what the engine still holds for the probes (e.g. after Ctrl-C)
+            self.engine.handover()  # what the engine still holds for the probes (e.g. after Ctrl-C)
         finally:
             self._detach()
         errors = {}
@@ -204,14 +200,14 @@ def attach(
     engine,
     probes: str | Sequence[str] | None = None,
     run_dir: str | Path | None = None,
-    options: ProbeOptions | None = None,
+    options: ProbesConfig | None = None,
     manifest: dict | None = None,
 ) -> ProbeSession:
     """Attach the probes ``probes`` (default: ``options.select``) to ``engine``, writing ``run_dir``.
 
     With ``run_dir=None`` the streams go to a temporary directory removed at close, so that the cost
     measured (e.g. by bench) includes writing. ``manifest`` adds top-level fields (workload, command)."""
-    options = options or ProbeOptions()
+    options = options or ProbesConfig()
     spec = options.select if probes is None else probes
     names = resolve_probes(spec)
     sample_hz, stack_hz = _rates(spec, options)
@@ -234,7 +230,8 @@ def attach(
         **(manifest or {}),
     }
     # behind the GPU the engine thread packs rows for free; on a CPU the writer thread does it
-    writer = RunWriter(path, base, options.flush_interval_s, pack_after_forward=engine.device.type == "cuda")
+    writer = RunWriter(path, base, options.flush_interval_s, pack_after_forward=engine.device.type == "cuda",
+                       parquet=not temporary)  # fmt: skip
     session = ProbeSession(engine, names, writer, options, temporary)
     writer.manifest["clock"].update(t0_ns=session.t0_ns, unix_at_t0=session.t0_unix)
     try:
@@ -250,7 +247,7 @@ def attach(
                     session._subscribe(fn, point)
         writer.start()
         if names:
-            session._subscribe(writer.on_overlap, "overlap")  # flush while the GPU runs a forward
+            session._subscribe(writer.on_handover, "handover")  # pack rows while the GPU runs a forward
         writer.manifest["probes"]["details"] = {n: p.info() for n, p in session.probes.items()}
         writer.write_manifest()
     except BaseException as exc:

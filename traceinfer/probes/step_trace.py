@@ -1,7 +1,7 @@
 """Step trace: one row per engine step (stream 'steps').
 
 Host time is split into the five stages the engine marks (schedule, prepare inputs, forward launch,
-sample, postprocess) plus the rest, of which the hand-over of the step's events to the probes, right
+sample, postprocess) plus the rest, of which the handover of the step's events to the probes, right
 after the forward's launch, is a column of its own (the probes' cost, hidden behind the GPU). The
 schedule span's end carries the batch summary (sequences and tokens by kind, cached tokens, token
 budget, queue lengths, free blocks). On CUDA a pair of events is recorded on the engine's stream at
@@ -15,18 +15,11 @@ from collections import deque
 from collections.abc import Callable
 
 from traceinfer.probes.base import Probe, ProbeContext
-from traceinfer.probes.rundir import STREAMS
+from traceinfer.rundir.schema import STAGES, STREAMS
 
 _COLUMNS = STREAMS["steps"].names
 _I = {name: i for i, name in enumerate(_COLUMNS)}
-_STAGES = {  # hook point -> stream column prefix
-    "schedule": "schedule",
-    "prepare_inputs": "prepare",
-    "forward": "forward",
-    "sample": "sample",
-    "postprocess": "postprocess",
-}
-_STAGE_DURS = [_I[f"{p}_ns"] for p in _STAGES.values()]
+_STAGE_DURS = [_I[f"{stage}_ns"] for stage in STAGES]  # hook point = column prefix
 _SUMMARY = [  # schedule end fields copied into the row
     (key, _I[key])
     for key in (
@@ -69,10 +62,10 @@ class StepTraceProbe(Probe):
     def subscriptions(self) -> dict[str, Callable]:
         subs: dict[str, Callable] = {"step": self._on_step, "schedule": self._on_schedule}
         if self._cuda is not None:
-            subs["overlap"] = self._on_overlap
-        for point, prefix in _STAGES.items():
-            if point not in subs:
-                subs[point] = self._stage(point, _I[f"{prefix}_start_ns"], _I[f"{prefix}_ns"])
+            subs["handover"] = self._on_handover
+        for stage in STAGES:
+            if stage not in subs:
+                subs[stage] = self._stage(stage, _I[f"{stage}_start_ns"], _I[f"{stage}_ns"])
         return subs
 
     def _on_step(self, point: str, phase: str, t: int, fields: dict) -> None:
@@ -89,9 +82,9 @@ class StepTraceProbe(Probe):
         cur[_DUR] = dur = t - cur[_T]
         cur[_OTHER] = dur - sum(cur[i] for i in _STAGE_DURS if cur[i] is not None)
         cur[_OUTPUTS] = fields.get("num_outputs")
-        overlap = fields.get("overlap")  # measured by the engine, this probe's own work at 'overlap' included
-        if overlap is not None:
-            cur[_HANDOVER_START], cur[_HANDOVER] = overlap
+        handover = fields.get("handover")  # measured by the engine, this probe's own work at 'handover' included
+        if handover is not None:
+            cur[_HANDOVER_START], cur[_HANDOVER] = handover
         if self._cuda is None:
             self._append(tuple(cur))
             self._rows += 1
@@ -99,7 +92,7 @@ class StepTraceProbe(Probe):
         self._pending.append((cur, self._fwd[0], self._fwd[1]))
         self._fwd = [None, None]
 
-    def _on_overlap(self, point: str, phase: str, t: int, fields: dict) -> None:
+    def _on_handover(self, point: str, phase: str, t: int, fields: dict) -> None:
         self._resolve(block=False)  # the last steps' rows, while the GPU runs this step's forward
 
     def _on_schedule(self, point: str, phase: str, t: int, fields: dict) -> None:

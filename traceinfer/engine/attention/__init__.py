@@ -8,15 +8,12 @@ caches [num_blocks, block_size, Hkv, D].
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
 from traceinfer.engine.attention.metadata import AttentionMetadata
 from traceinfer.engine.attention.torch_backend import TorchAttention
 from traceinfer.errors import BackendUnavailableError
 
-BackendName = Literal["auto", "torch", "triton", "flash_attn"]
 BACKENDS = ("auto", "torch", "triton", "flash_attn")
 
 

@@ -23,15 +23,3 @@ class AttentionMetadata:
     max_seq_len: int
     query_start_loc_cpu: list[int]  # host copies, for backends that loop on the host
     seq_lens_cpu: list[int]
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.seq_lens_cpu)
-
-    @property
-    def num_decode_tokens(self) -> int:
-        return self.num_decode_seqs
-
-    @property
-    def num_prefill_seqs(self) -> int:
-        return self.num_seqs - self.num_decode_seqs

@@ -236,6 +236,22 @@ class CausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
 
+    def shapes(self) -> dict[str, int]:
+        """What the model moves and computes per token, from its shapes (traceinfer.analysis.floor.ModelCost):
+        ``matmul_params`` counts the 2-D weights of the decoder layers (prefill samples one row per sequence,
+        so lm_head is left out); ``weight_bytes`` every parameter once (tied embeddings once), read by each step."""
+        attn = self.model.layers[0].self_attn
+        params = list(self.parameters())  # shared (tied) parameters appear once
+        return {
+            "num_layers": len(self.model.layers),
+            "num_heads": attn.num_heads,
+            "num_kv_heads": attn.num_kv_heads,
+            "head_dim": attn.head_dim,
+            "matmul_params": sum(p.numel() for p in self.model.layers.parameters() if p.dim() == 2),
+            "weight_bytes": sum(p.numel() * p.element_size() for p in params),
+            "dtype_bytes": params[0].element_size(),
+        }
+
     # -- weights ---------------------------------------------------------------------------
     def shard_sizes(self, fused: str) -> list[int]:
         attn = self.model.layers[0].self_attn

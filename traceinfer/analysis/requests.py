@@ -15,6 +15,8 @@ import itertools
 
 import pandas as pd
 
+from traceinfer.analysis.latency import PERCENTILES, summarize
+
 COLUMNS = [
     "request_id", "arrival_ns", "scheduled_ns", "first_token_ns", "last_token_ns", "finished_ns",
     "prompt_len", "num_output_tokens", "num_tokens_logged", "cached_tokens", "num_preemptions", "finish_reason",
@@ -77,10 +79,7 @@ def inter_token_latencies(tokens: pd.DataFrame) -> pd.DataFrame:
     return out[out["itl_ms"].notna()].reset_index(drop=True)
 
 
-def latency_summary(metrics: pd.DataFrame, percentiles=(50, 90, 99)) -> pd.DataFrame:
-    """Percentiles and mean of each latency column over requests."""
+def latency_summary(metrics: pd.DataFrame, percentiles=PERCENTILES) -> pd.DataFrame:
+    """Percentiles and mean of each latency column over requests (one row per column)."""
     cols = ["queue_ms", "prefill_ms", "ttft_ms", "tpot_ms", "e2e_ms"]
-    data = metrics[cols].astype(float)
-    out = {f"p{q}": data.quantile(q / 100) for q in percentiles}
-    out["mean"] = data.mean()
-    return pd.DataFrame(out)
+    return pd.DataFrame({c: summarize(metrics[c].astype(float).tolist(), percentiles) for c in cols}).T

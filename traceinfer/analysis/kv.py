@@ -2,7 +2,7 @@
 
     replay(kv)                 -> KVState: the block manager's state after the log, exactly
     utilization(kv)            -> t_ns, step, num_used, num_free, num_cached, usage (used / total blocks)
-    prefix_hits(requests, tokens, kv) -> one row per admission: query tokens, hit tokens, cumulative hit rate
+    prefix_hits(requests, tokens) -> one row per admission: query tokens, hit tokens, cumulative hit rate
     block_lives(kv)            -> one row per block residency: allocation, release, end (evicted,
                                   reallocated, reset, open), hits, lifetime, idle before evict
     reuse_gaps(kv)             -> time between consecutive accesses (allocation or hit) of a block
@@ -123,8 +123,7 @@ def utilization(kv: pd.DataFrame, num_blocks: int | None = None) -> pd.DataFrame
     return out.reset_index(drop=True)
 
 
-def prefix_hits(requests: pd.DataFrame, tokens: pd.DataFrame, kv: pd.DataFrame | None = None,
-                block_size: int | None = None) -> pd.DataFrame:  # fmt: skip
+def prefix_hits(requests: pd.DataFrame, tokens: pd.DataFrame) -> pd.DataFrame:
     """One row per admission (a 'scheduled' event): the tokens looked up in the prefix cache (prompt plus
     outputs so far, as a re-admission after preemption recomputes them) and the tokens found."""
     arrivals = requests[requests["event"] == "arrival"].set_index("request_id")["prompt_len"].to_dict()

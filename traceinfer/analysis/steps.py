@@ -1,4 +1,4 @@
-"""Step analysis: pure functions over the 'steps' stream (traceinfer.probes.rundir.STREAMS['steps'])."""
+"""Step analysis: pure functions over the 'steps' stream (traceinfer.rundir.STREAMS['steps'])."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import pandas as pd
 
 
 def handover_summary(steps: pd.DataFrame) -> dict | None:
-    """The probes' hand-over in each step (``handover_ns``: host time handing the step's events to the
+    """The probes' handover in each step (``handover_ns``: host time handing the step's events to the
     probes once the forward is launched) against the forward's GPU time.
 
-    On a GPU the hand-over is free while it is shorter than the forward: ``exposed_steps`` counts the
+    On a GPU the handover is free while it is shorter than the forward: ``exposed_steps`` counts the
     steps where it was not, and ``exposed_us`` what they cost in all. Without CUDA-event timing the
-    GPU fields are None (the hand-over is then on the host's path). None if no step has a hand-over."""
+    GPU fields are None (the handover is then on the host's path). None if no step has a handover."""
     rows = steps[steps["handover_ns"].notna()]
     if rows.empty:
         return None
@@ -37,8 +37,8 @@ def handover_summary(steps: pd.DataFrame) -> dict | None:
 
 
 def describe_handover(summary: dict) -> str:
-    """One line for a terminal: how long the hand-over took and whether the GPU hid it."""
-    text = f"probe hand-over: median {summary['median_us']:,.0f} us per step (p99 {summary['p99_us']:,.0f} us)"
+    """One line for a terminal: how long the handover took and whether the GPU hid it."""
+    text = f"probe handover: median {summary['median_us']:,.0f} us per step (p99 {summary['p99_us']:,.0f} us)"
     if summary["exposed_steps"] is None:
         return text + ", on the host's path (no CUDA-event timing: nothing to hide it behind)"
     hidden = summary["steps"] - summary["exposed_steps"]

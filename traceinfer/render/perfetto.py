@@ -7,7 +7,7 @@ here ph is X (complete, with "dur"), i (instant, with "s"), C (counter, numeric 
 Opens in https://ui.perfetto.dev and chrome://tracing. Timestamps are µs since the run's ``t0_ns``.
 
 Tracks:
-    pid 1 engine   : steps (step > schedule, prepare_inputs, forward, sample, postprocess), gc, KV and
+    pid 1 engine   : steps (step > schedule, prepare, forward, sample, postprocess, handover), gc, KV and
                      queue counters, GPU forward time, CUDA allocator
     pid 2 requests : one track per request (queued, prefill, decode; preemptions as instants)
     pid 3 threads  : one track per sampled thread (runs of identical stacks, named by the leaf frame), CPU %
@@ -22,12 +22,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from traceinfer.probes.rundir import TRACE, read_manifest, read_stream
+from traceinfer.rundir import Run
+from traceinfer.rundir.schema import STAGES
 
 PID_ENGINE, PID_REQUESTS, PID_THREADS, PID_HOST, PID_GPU = 1, 2, 3, 4, 5
 TID_STEPS, TID_GC, TID_KV = 1, 2, 3
-STAGES = ("schedule", "prepare", "forward", "sample", "postprocess")
-STAGE_NAMES = {"prepare": "prepare_inputs"}
 
 
 class _Trace:
@@ -85,7 +84,7 @@ def _steps(tr: _Trace, rows: list[dict]) -> None:
             start, dur = r[f"{stage}_start_ns"], r[f"{stage}_ns"]
             if start is None or dur is None:
                 continue
-            name = STAGE_NAMES.get(stage, stage)
+            name = stage
             if stage == "forward" and r["cuda_graph"] is not None:
                 name = "forward (graph)" if r["cuda_graph"] else "forward (eager)"
             args = {"step": r["step"]}
@@ -93,7 +92,7 @@ def _steps(tr: _Trace, rows: list[dict]) -> None:
                 args["gpu_ms"] = r["gpu_forward_ns"] / 1e6
             tr.span(PID_ENGINE, TID_STEPS, name, start, dur, "engine", args)
         if r.get("handover_ns") is not None:  # the probes' share of the step, behind the GPU on CUDA
-            tr.span(PID_ENGINE, TID_STEPS, "probe hand-over", r["handover_start_ns"], r["handover_ns"], "probes",
+            tr.span(PID_ENGINE, TID_STEPS, "handover", r["handover_start_ns"], r["handover_ns"], "probes",
                     {"step": r["step"]})  # fmt: skip
         t = r["t_ns"]
         tr.counter(PID_ENGINE, "queues", t, {"waiting": r["num_waiting"], "running": r["num_running"]})
@@ -220,10 +219,10 @@ def _cuda_memory(tr: _Trace, rows: list[dict]) -> None:
         })  # fmt: skip
 
 
-def build_trace(run_dir: str | Path) -> dict:
-    """The trace of a run directory as a dict (see the module docstring for its tracks)."""
-    manifest = read_manifest(run_dir)
-    streams = {name: read_stream(run_dir, name) for name in (
+def build_trace(run: Run) -> dict:
+    """The trace of an opened run directory as a dict (see the module docstring for its tracks)."""
+    manifest = run.manifest
+    streams = {name: run.records(name) for name in (
         "steps", "gc", "kv_events", "requests", "tokens", "thread_samples", "host_samples", "gpu_samples", "cuda_memory")}  # fmt: skip
     t0 = manifest.get("clock", {}).get("t0_ns")
     if t0 is None:
@@ -256,7 +255,7 @@ def build_trace(run_dir: str | Path) -> dict:
         "traceEvents": tr.meta + tr.events,
         "displayTimeUnit": "ms",
         "otherData": {
-            "run": str(Path(run_dir).resolve()),
+            "run": str(run.path.resolve()),
             "status": manifest.get("status"),
             "model": engine.get("model"),
             "device": manifest.get("device", {}).get("name"),
@@ -266,10 +265,9 @@ def build_trace(run_dir: str | Path) -> dict:
     }
 
 
-def write_trace(run_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Write the trace JSON (default: RUN/trace.json); returns its path."""
-    out = Path(path) if path is not None else Path(run_dir) / TRACE
-    trace = build_trace(run_dir)
+def write_trace(trace: dict, path: str | Path) -> Path:
+    """Write a trace as compact JSON, through a temporary file; returns ``path``."""
+    out = Path(path)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(trace, fh, separators=(",", ":"))

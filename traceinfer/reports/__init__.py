@@ -1,1 +1,0 @@
-"""Reports: analyzers (records -> DataFrames) and renderers (DataFrames -> markdown, HTML)."""
