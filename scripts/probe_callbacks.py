@@ -21,6 +21,7 @@ import time
 
 from traceinfer import LLM
 from traceinfer.config import ProbesConfig
+from traceinfer.engine.device import freeze_gc
 from traceinfer.probes import attach
 
 SETS = ("off", "nvtx", "steps", "requests", "kv", "gc", "samplers", "default")
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("sets", nargs="*", default=list(SETS))
     args = parser.parse_args()
     engine = LLM("synthetic:tiny", device="cpu", num_kv_blocks=max(1024, args.batch)).engine
+    freeze_gc()  # as the commands do
     print(f"{'probes':10s} {'host us/step':>12s} {'handover us/step':>17s}   ({args.batch} sequences per decode step)")
     for spec in args.sets:
         session = attach(engine, spec, None, ProbesConfig(flush_interval_s=60))

@@ -7,7 +7,7 @@ A variant is a probe selection with optional settings after '@', e.g.
     off  default  all  steps  kv  default@flush=60  default@switch=0.0005
 
 flush=S sets ProbesConfig.flush_interval_s (60: nothing is written during the timed run), switch=S
-sets sys.setswitchinterval for the run (the GIL hand-over interval, 0.005 by default). Variants run in
+sets sys.setswitchinterval for the run (the GIL switch interval, 0.005 by default). Variants run in
 rotated order each round on one engine (prefix cache emptied before each run); the table gives each
 variant's median output tok/s, its cost against the median of 'off', and the CPU seconds of the main
 thread and of the probes' own threads. A second table pairs steps: every run schedules the same steps,
@@ -32,7 +32,7 @@ import time
 
 from traceinfer import workloads
 from traceinfer.config import ProbesConfig, WorkloadConfig
-from traceinfer.engine.device import synchronize
+from traceinfer.engine.device import freeze_gc, synchronize
 from traceinfer.engine.llm_engine import LLM
 from traceinfer.passes.engine import warm_up
 from traceinfer.probes import attach
@@ -119,6 +119,7 @@ def main() -> int:
     args = parser.parse_args()
 
     llm = LLM(args.model)
+    freeze_gc()  # as the commands do
     engine = llm.engine
     workload = workloads.make(WorkloadConfig(name="bench", num_requests=args.num_requests), engine.device.type == "cuda")
     prompts, params = workload.prompts, workload.params

@@ -164,7 +164,8 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
 
 
-SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in fields(Config)}
+#: section name -> its dataclass, in the order of Config's fields
+SECTIONS: dict[str, type] = dict(typing.get_type_hints(Config))
 
 
 def _at_least(obj, section: str, key: str, low: int) -> None:
@@ -180,12 +181,11 @@ def _type_name(hint) -> str:
     return " or ".join(names) + (" (or unset)" if type(None) in args else "")
 
 
-def _coerce(section: str, key: str, hint, value: Any, source: str) -> Any:
-    """A TOML value or an option (typed: it must already be of the field's type; ``source`` "") or an
-    environment string (parsed) as the field's type; a ConfigError naming the key and what it accepts
-    otherwise."""
+def _coerce(section: str, key: str, hint, value: Any, source: str, from_env: bool = False) -> Any:
+    """A TOML value or an option (typed: it must already be of the field's type) or an environment
+    string (``from_env``: parsed) as the field's type; a ConfigError naming the key, ``source`` (a file or
+    a variable; "" for an option) and what the key accepts otherwise."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    from_env = source.startswith(ENV_PREFIX)
 
     def bad() -> ConfigError:
         where = f" from {source}" if source else ""
@@ -207,29 +207,15 @@ def _coerce(section: str, key: str, hint, value: Any, source: str) -> Any:
         raise bad()
     if isinstance(value, bool):  # a TOML true is not the number 1
         raise bad()
-    if base is int:
-        if isinstance(value, int):
-            return value
-        if from_env:
-            try:
-                return int(value)
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if base is float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        if from_env:
-            try:
-                return float(value)
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if base is str:
-        if isinstance(value, str):
-            return value
-        raise bad()
-    raise bad()  # pragma: no cover - every field type is handled above
+    accepted = {int: (int,), float: (int, float), str: (str,)}[base]  # as TOML or an option gives it
+    if isinstance(value, accepted):
+        return base(value)
+    if from_env:
+        try:
+            return base(value)
+        except ValueError:
+            raise bad() from None
+    raise bad()
 
 
 def _known(cls: type) -> str:
@@ -271,7 +257,7 @@ def _from_environ(environ) -> dict[str, dict[str, Any]]:
         hints = typing.get_type_hints(cls)
         if key not in hints:
             raise ConfigError(f"environment variable {var}: unknown key {section}.{key}; known: {_known(cls)}")
-        out.setdefault(section, {})[key] = _coerce(section, key, hints[key], value, var)
+        out.setdefault(section, {})[key] = _coerce(section, key, hints[key], value, var, from_env=True)
     return out
 
 
