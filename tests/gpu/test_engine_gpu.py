@@ -93,3 +93,31 @@ def test_triton_needs_cuda_error_on_cpu_device():
 
     with pytest.raises(BackendUnavailableError, match="needs a CUDA device"):
         LLM("synthetic:tiny", device="cpu", attention_backend="triton")
+
+
+def test_device_index_beyond_the_machine():
+    from traceinfer.errors import ConfigError
+
+    n = torch.cuda.device_count()
+    with pytest.raises(ConfigError) as err:
+        LLM("synthetic:tiny", device=f"cuda:{n}")
+    present = ", ".join(f"cuda:{i}" for i in range(n))
+    assert str(err.value) == f"engine.device='cuda:{n}' but this machine has {n} CUDA device{'s' * (n > 1)}: {present}"
+
+
+def test_num_kv_blocks_above_free_device_memory():
+    import re
+
+    from traceinfer.errors import ConfigError
+
+    # synthetic:tiny in bfloat16: 2 (K, V) x 4 layers x 16 tokens x 2 heads x 64 x 2 bytes = 32 KiB a block
+    with pytest.raises(ConfigError) as err:
+        LLM("synthetic:tiny", device="cuda", dtype="bfloat16", num_kv_blocks=10**8, enforce_eager=True)
+    message = str(err.value)
+    del err  # its traceback holds the model the refused engine loaded
+    release_gpu_memory()
+    found = re.fullmatch(
+        r"engine\.num_kv_blocks=100000000 asks for 3051\.8 GiB of KV cache; cuda has (\d+\.\d) GiB free", message
+    )
+    assert found, message
+    assert 0 < float(found.group(1)) <= torch.cuda.mem_get_info()[1] / 2**30

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from traceinfer.cli import options
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from traceinfer.engine.device import freeze_gc
     from traceinfer.engine.llm_engine import LLM
     from traceinfer.engine.sampling_params import SamplingParams
+    from traceinfer.errors import InvalidRequestError
 
     params = SamplingParams(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_tokens=args.max_tokens,
@@ -48,16 +50,40 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {engine.model_label}")
     print(f"device: {engine.device}, dtype: {str(engine.dtype).removeprefix('torch.')}, attention: {engine.attention_backend}, "
           f"KV cache: {engine.block_manager.num_blocks} blocks x {engine.config.block_size} tokens")  # fmt: skip
-    llm.generate(prompts[:1], SamplingParams(max_tokens=2))  # warm-up
+    try:
+        llm.generate(prompts[:1], SamplingParams(max_tokens=2))  # warm-up
+    except InvalidRequestError:
+        pass  # the prompt is refused again below, and reported with the others
+    # the step API, so that a prompt the engine refuses fails alone, as a request that fails in flight does
     start = time.perf_counter()
-    outputs = llm.generate(prompts, params)
+    ids: dict[int, str] = {}
+    refused: dict[int, str] = {}
+    for i, prompt in enumerate(prompts):
+        try:
+            ids[i] = engine.add_request(prompt, params)
+        except InvalidRequestError as exc:
+            refused[i] = str(exc)
+    done = {}
+    while engine.has_unfinished():
+        done.update({o.request_id: o for o in engine.step() if o.finished})
     seconds = time.perf_counter() - start
-    for prompt, out in zip(prompts, outputs):
+    failed = len(refused)
+    for i, prompt in enumerate(prompts):
         print(f"\n> {prompt}")
+        if i in refused:
+            print(f"  error: {refused[i]}")
+            continue
+        out = done[ids[i]]
         print(f"  {out.text!r}")
         print(f"  [{len(out.token_ids)} tokens, finish: {out.finish_reason}]")
-    total = sum(len(o.token_ids) for o in outputs)
-    print(f"\n{len(outputs)} requests, {total} output tokens in {seconds:.2f} s: {total / seconds:.1f} output tok/s")
+        if out.error is not None:
+            print(f"  error: {out.error}")
+            failed += 1
+    total = sum(len(o.token_ids) for o in done.values())
+    print(f"\n{len(done)} requests, {total} output tokens in {seconds:.2f} s: {total / seconds:.1f} output tok/s")
     if engine.synthetic:
         print("(synthetic random weights: the text is noise; the timing is real)")
+    if failed:
+        print(f"traceinfer generate: error: {failed} of {len(prompts)} requests failed", file=sys.stderr)
+        return 1
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import platform
+import re
 import time
 from collections.abc import Callable
 
@@ -24,9 +25,17 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; a named device is checked against this machine."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", name):
+        raise ConfigError(f"engine.device must be one of auto, cpu, cuda, cuda:N, got {name!r}")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"engine.device={name!r} but torch sees no CUDA device on this machine")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"engine.device={name!r} but torch sees no CUDA device on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            present = ", ".join(f"cuda:{i}" for i in range(count))
+            devices = f"{count} CUDA device{'s' * (count > 1)}"
+            raise ConfigError(f"engine.device={name!r} but this machine has {devices}: {present}")
     return device
 
 

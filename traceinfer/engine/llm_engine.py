@@ -6,8 +6,10 @@ Offline use: ``LLM(model).generate(prompts, params)``. Online use: the step API 
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import itertools
+import reprlib
 import time
 from typing import Sequence as Seq
 
@@ -100,6 +102,10 @@ class LLMEngine:
     def _tokens(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
+        elif not isinstance(prompt, collections.abc.Sequence):
+            raise InvalidRequestError(
+                f"a prompt must be a str or a sequence of int token ids, got {reprlib.repr(prompt)}"
+            )
         else:
             ids = list(prompt)
             for i, t in enumerate(ids):
@@ -128,6 +134,17 @@ class LLMEngine:
         arrival_ns: int | None = None,
     ) -> str:
         """Queue a request; raises InvalidRequestError (naming the limit) without touching others."""
+        return self._queue(self._request(prompt, params, request_id, priority, arrival_ns))
+
+    def _request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        arrival_ns: int | None = None,
+    ) -> Sequence:
+        """The request checked (InvalidRequestError otherwise) and made a Sequence, not yet queued."""
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError(f"params must be SamplingParams, got {type(params).__name__}")
@@ -137,14 +154,17 @@ class LLMEngine:
         seq = Sequence(request_id, self._tokens(prompt), params, priority, arrival_ns)
         if params.seed is not None:
             seq.generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        self.requests[request_id] = seq
+        return seq
+
+    def _queue(self, seq: Sequence) -> str:
+        self.requests[seq.request_id] = seq
         self.scheduler.add(seq)
         if self.hooks.add_request:
             self.hooks.add_request.emit(
-                request_id=request_id, prompt_len=seq.prompt_len, max_tokens=params.max_tokens, priority=priority,
-                arrival_ns=seq.arrival_ns,
+                request_id=seq.request_id, prompt_len=seq.prompt_len, max_tokens=seq.params.max_tokens,
+                priority=seq.priority, arrival_ns=seq.arrival_ns,
             )
-        return request_id
+        return seq.request_id
 
     def abort(self, request_id: str) -> RequestOutput | None:
         seq = self.requests.get(str(request_id))
@@ -339,21 +359,22 @@ class LLM:
         prompts: Prompt | list[Prompt],
         sampling_params: SamplingParams | list[SamplingParams] | None = None,
     ) -> list[RequestOutput]:
-        """Generate for every prompt; outputs come back in prompt order."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
+        """Generate for every prompt; outputs come back in prompt order. Every prompt and its params are
+        checked before any is queued: an InvalidRequestError names the first bad one and queues nothing."""
+        listed = isinstance(prompts, collections.abc.Sequence) and not isinstance(prompts, str)
+        if not listed or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]  # one prompt; what is not a list of prompts is checked as one
         params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise InvalidRequestError(f"{len(prompts)} prompts but {len(params)} sampling params")
         engine = self.engine
-        ids = []
-        try:
-            for prompt, p in zip(prompts, params):
-                ids.append(engine.add_request(prompt, p))
-        except InvalidRequestError:
-            for rid in ids:
-                engine.abort(rid)
-            raise
+        seqs = []
+        for i, (prompt, p) in enumerate(zip(prompts, params)):
+            try:
+                seqs.append(engine._request(prompt, p))
+            except InvalidRequestError as exc:
+                raise InvalidRequestError(f"prompt {i}: {exc}") from None
+        ids = [engine._queue(seq) for seq in seqs]
         done: dict[str, RequestOutput] = {}
         while engine.has_unfinished():
             for out in engine.step():

@@ -34,12 +34,21 @@ def load_hf_config(model: str):
         raise ModelLoadError(f"model directory {path} has no config.json")
     from transformers import AutoConfig
 
+    file = path / "config.json"
     try:
         config = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except (ValueError, KeyError, OSError) as exc:
-        raise ModelLoadError(f"config.json in {path} cannot be read by transformers: {exc}") from exc
+    except Exception as exc:  # which errors depends on the version (5.x: huggingface_hub's strict dataclass errors)
+        raise ModelLoadError(f"{file} cannot be read by transformers: {one_line(exc)}") from exc
     model_class(config)  # fails early, naming the supported architectures
+    limit = getattr(config, "max_position_embeddings", None)  # the engine bounds max_model_len by it before the build
+    if not isinstance(limit, int) or limit < 1:
+        raise ModelLoadError(f"{file} must give max_position_embeddings as an integer >= 1, got {limit!r}")
     return config
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (transformers' and torch's span several)."""
+    return " ".join(str(exc).split())
 
 
 def safetensors_files(path: Path) -> list[Path]:
@@ -59,16 +68,19 @@ def safetensors_files(path: Path) -> list[Path]:
 
 @torch.no_grad()
 def load_weights(model: CausalLM, path: Path) -> None:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     params = dict(model.named_parameters())
     filled: set[str] = set()
     for file in safetensors_files(path):
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                done = model.load_weight(name, f.get_tensor(name), params)
-                if done:
-                    filled.add(done)
+        try:
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    done = model.load_weight(name, f.get_tensor(name), params)
+                    if done:
+                        filled.add(done)
+        except (SafetensorError, OSError) as exc:  # truncated, overwritten, unreadable
+            raise ModelLoadError(f"{file} is not a readable safetensors file: {one_line(exc)}") from exc
     missing = sorted(model.expected_weights() - filled)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -100,6 +112,14 @@ def load_model(
     try:
         with torch.device(device):
             net = cls(config, backend, max_positions)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a field missing or of the wrong kind
+        source = model if synthetic else path / "config.json"
+        if isinstance(exc, AttributeError) and exc.obj is config:
+            found = f"it has no field {exc.name!r}"
+        else:
+            found = f"{type(exc).__name__}: {one_line(exc)}"
+        message = f"{source} (model_type {config.model_type!r}) does not fit {cls.__name__}: {found}"
+        raise ModelLoadError(message) from exc
     finally:
         torch.set_default_dtype(previous)
     if synthetic:

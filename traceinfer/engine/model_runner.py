@@ -39,6 +39,13 @@ def block_table_array(tables: list[list[int]], width: int) -> np.ndarray:
     return out
 
 
+def host_memory_available() -> int:
+    """Bytes the host can hand out without swapping (psutil's ``available``)."""
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
     sizes = [b for b in (1, 2, 4, 8) if b <= max_num_seqs] + list(range(16, max_num_seqs + 1, 16))
     if sizes[-1] < max_num_seqs:
@@ -71,12 +78,13 @@ class ModelRunner:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.stats = RunnerStats()
-        if num_kv_blocks is None:
-            num_kv_blocks = (
-                self._blocks_from_gpu_memory(gpu_memory_utilization)
-                if device.type == "cuda"
-                else max(1, int(cpu_kv_cache_gib * 2**30) // self.kv_bytes_per_block())
-            )
+        if num_kv_blocks is not None:
+            self._check_kv_cache_fits(num_kv_blocks, f"engine.num_kv_blocks={num_kv_blocks}")
+        elif device.type == "cuda":
+            num_kv_blocks = self._blocks_from_gpu_memory(gpu_memory_utilization)
+        else:
+            num_kv_blocks = max(1, int(cpu_kv_cache_gib * 2**30) // self.kv_bytes_per_block())
+            self._check_kv_cache_fits(num_kv_blocks, f"engine.cpu_kv_cache_gib={cpu_kv_cache_gib:g}")
         self.num_blocks = num_kv_blocks
         self.kv_cache = self._allocate_kv_cache(num_kv_blocks)
         self._bind_kv_cache(self.kv_cache)
@@ -89,6 +97,21 @@ class ModelRunner:
         attn = self.model.model.layers[0].self_attn
         elem = torch.tensor([], dtype=self.dtype).element_size()
         return 2 * len(self.model.model.layers) * self.block_size * attn.num_kv_heads * attn.head_dim * elem
+
+    def _check_kv_cache_fits(self, num_blocks: int, asked_by: str) -> None:
+        """A ConfigError before allocating a cache the device cannot hold (rather than the allocator's traceback).
+
+        On CUDA the free memory counts the blocks torch's allocator holds unused (it frees them to retry)."""
+        need = num_blocks * self.kv_bytes_per_block()
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            has = f"{self.device} has {free / 2**30:.1f} GiB free"
+        else:
+            free = host_memory_available()
+            has = f"this machine has {free / 2**30:.1f} GiB available"
+        if need > free:
+            raise ConfigError(f"{asked_by} asks for {need / 2**30:.1f} GiB of KV cache; {has}")
 
     def _allocate_kv_cache(self, num_blocks: int) -> torch.Tensor:
         attn = self.model.model.layers[0].self_attn
