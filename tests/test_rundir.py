@@ -30,7 +30,7 @@ def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("rundir") / "run"
     try:
         assert main(["profile", "--workload", "chatbot", "--probes", "all", "--out", str(out), "--device", "cpu",
-                     "--num-kv-blocks", "24", "--block-size", "4", "--sample-hz", "100", "--no-baseline"]) == 0  # fmt: skip
+                     "--num-kv-blocks", "24", "--block-size", "4", "--sample-hz", "100", "--overhead-passes", "0"]) == 0  # fmt: skip
     finally:
         torch.set_flush_denormal(False)
     return out

@@ -83,31 +83,52 @@ class EngineConfig:
 
 @dataclass(frozen=True)
 class WorkloadConfig:
-    """[workload]: which workload to run and what to change in its spec (traceinfer.workloads). A value
-    left unset keeps the workload's own, which depends on the device (smaller on a CPU)."""
+    """[workload]: which workload to run, what to change in its spec, and how requests arrive
+    (traceinfer.workloads; ``traceinfer workloads`` lists every workload with its parameters). A value left
+    unset keeps the workload's own, which depends on the device (smaller on a CPU, same shape)."""
 
-
-    name: str = option("chatbot", "the workload", flag="workload")
+    name: str | None = option(None, "the workload (unset: chatbot, or file when a file is given)", flag="workload")
+    file: str | None = option(None, "a JSON Lines file of requests: prompt or prompt_token_ids, max_tokens, "
+                              "optional arrival_s and sampling fields", flag="workload-file")  # fmt: skip
     num_requests: int | None = option(None, "requests in the workload")
-    seed: int | None = option(None, "workload seed (unset: the workload's, 0)", flag="workload-seed")
+    seed: int | None = option(None, "workload seed", flag="workload-seed")
     temperature: float | None = option(None, "sampling temperature of every request")
+    prompt_len: int | None = option(None, "mean prompt tokens, shared prefix included")
+    output_len: int | None = option(None, "mean output tokens")
+    spread: float | None = option(None, "lengths are uniform in mean x [1 - spread, 1 + spread]")
+    shared_prefix_len: int | None = option(None, "tokens of the prompt prefix every request shares (a system prompt)")
     min_input_len: int | None = option(None, "shortest prompt (bench)")
     max_input_len: int | None = option(None, "longest prompt (bench)")
     min_output_len: int | None = option(None, "fewest output tokens (bench)")
     max_output_len: int | None = option(None, "most output tokens (bench)")
+    arrival: Literal["offline", "poisson", "gamma"] | None = option(
+        None, "offline: every request at t=0; poisson: at --rate per second; gamma: bursty, --burstiness"
+    )
+    rate: float | None = option(None, "requests per second of poisson and gamma arrivals")
+    burstiness: float | None = option(None, "gamma arrivals' shape: 1 is Poisson, below 1 burstier")
+    max_concurrency: int | None = option(None, "most requests in flight; later arrivals wait for a slot")
     warmup: bool = option(True, "run the workload once, unprobed and untimed, before the measured run "
                           "(--no-warmup measures a cold engine: Triton compiles, allocator growth)")  # fmt: skip
 
     def __post_init__(self) -> None:
-        if self.num_requests is not None:
-            _at_least(self, "workload", "num_requests", 1)
+        for key in ("num_requests", "prompt_len", "output_len", "max_concurrency"):
+            if getattr(self, key) is not None:
+                _at_least(self, "workload", key, 1)
         if self.temperature is not None and self.temperature < 0:
             raise ConfigError(f"workload.temperature must be >= 0, got {self.temperature}")
+        if self.spread is not None and not 0 <= self.spread < 1:
+            raise ConfigError(f"workload.spread must be in [0, 1), got {self.spread}")
+        for key in ("rate", "burstiness"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"workload.{key} must be > 0, got {value}")
+        if self.arrival is not None and self.arrival not in ("offline", "poisson", "gamma"):
+            raise ConfigError(f"workload.arrival must be one of 'offline', 'poisson', 'gamma', got {self.arrival!r}")
 
     def overrides(self) -> dict[str, Any]:
-        """The spec fields this config sets (name and warmup are not spec fields)."""
+        """The spec fields this config sets (name, file and warmup are not spec fields)."""
         return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("name", "warmup") and getattr(self, f.name) is not None}  # fmt: skip
+                if f.name not in ("name", "file", "warmup") and getattr(self, f.name) is not None}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -123,8 +144,9 @@ class ProbesConfig:
                                        "(for nsys --capture-range=cudaProfilerApi)")  # fmt: skip
     memory_snapshot: bool = option(False, "record torch.cuda.memory history and write a snapshot (CUDA)")
     flush_interval_s: float = option(0.5, "how often streams reach the disk: what a crash can lose", cli=False)
-    baseline: bool = option(True, "after the probed run, run the workload again with probes off to measure "
-                            "their cost")  # fmt: skip
+    overhead_passes: int = option(2, "after the profiled run, this many rounds of one unprobed and one probed "
+                                  "pass (the workload as an offline batch, interleaved) measure the probes' "
+                                  "cost; 0: none")  # fmt: skip
 
     def __post_init__(self) -> None:
         for key in ("sample_hz", "stack_hz"):
@@ -133,6 +155,7 @@ class ProbesConfig:
                 raise ConfigError(f"probes.{key} must be in (0, 1000] Hz, got {value}")
         if not 0 < self.flush_interval_s <= 60:
             raise ConfigError(f"probes.flush_interval_s must be in (0, 60] seconds, got {self.flush_interval_s}")
+        _at_least(self, "probes", "overhead_passes", 0)
 
 
 @dataclass(frozen=True)
@@ -142,6 +165,7 @@ class OutputConfig:
     root: str = option("runs", "the folder that new run directories go into", flag="out-root")
     run_dir: str | None = option(None, "the run directory to create (default: <root>/<time>-<workload>)", flag="out")
     perfetto: bool = option(True, "write trace.json, a Perfetto timeline of the run")
+    progress: bool = option(True, "show progress: a live line on a terminal, a line every 5 s otherwise")
 
 
 @dataclass(frozen=True)
@@ -173,32 +197,40 @@ def _at_least(obj, section: str, key: str, low: int) -> None:
         raise ConfigError(f"{section}.{key} must be >= {low}, got {getattr(obj, key)}")
 
 
+def unwrap(hint) -> tuple[Any, bool]:
+    """A field's type without its ``| None``: (base type or Literal, whether None is allowed)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is not Literal and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+    return hint, False
+
+
 def _type_name(hint) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(map(repr, args))
-    names = [getattr(a, "__name__", str(a)) for a in (args or (hint,)) if a is not type(None)]
-    return " or ".join(names) + (" (or unset)" if type(None) in args else "")
+    base, optional = unwrap(hint)
+    if typing.get_origin(base) is Literal:
+        name = "one of " + ", ".join(map(repr, typing.get_args(base)))
+    else:
+        name = getattr(base, "__name__", str(base))
+    return name + (" (or unset)" if optional else "")
 
 
 def _coerce(section: str, key: str, hint, value: Any, source: str, from_env: bool = False) -> Any:
     """A TOML value or an option (typed: it must already be of the field's type) or an environment
     string (``from_env``: parsed) as the field's type; a ConfigError naming the key, ``source`` (a file or
     a variable; "" for an option) and what the key accepts otherwise."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    base, optional = unwrap(hint)
 
     def bad() -> ConfigError:
         where = f" from {source}" if source else ""
         return ConfigError(f"{section}.{key}{where} must be {_type_name(hint)}, got {value!r}")
 
-    if origin is Literal:
-        if value not in args:
-            raise bad()
-        return value
-    optional = type(None) in args
-    base = next((a for a in args if a is not type(None)), hint) if origin is not None else hint
     if optional and from_env and value.strip().lower() in ("", "none"):
         return None
+    if typing.get_origin(base) is Literal:
+        if value not in typing.get_args(base):
+            raise bad()
+        return value
     if base is bool:
         if isinstance(value, bool):
             return value

@@ -23,16 +23,36 @@ def spread_pct(values: Sequence[float]) -> float | None:
     return 50.0 * (max(values) - min(values)) / statistics.median(values)
 
 
-def one_pair_overhead(probed_tok_s: float, baseline_tok_s: float, probed_s: float, baseline_s: float) -> dict:
-    """The cost of one probed pass against one unprobed pass of the same workload on the same warm engine."""
-    ratio = probed_tok_s / baseline_tok_s
+def interleaved_overhead(probed_tok_s: Sequence[float], off_tok_s: Sequence[float]) -> dict:
+    """The probes' cost from interleaved probed and unprobed passes of one workload on one warm engine:
+    1 - median(probed) / median(off), in percent, and whether it is resolved: a cost no larger than how
+    far the passes of either kind stray from their median (``spread_pct``) is not. With one pass of each
+    there is no spread to compare with, so nothing is resolved."""
+    probed, off = statistics.median(probed_tok_s), statistics.median(off_tok_s)
+    cost = 100.0 * (1.0 - probed / off)
+    spreads = [s for s in (spread_pct(probed_tok_s), spread_pct(off_tok_s)) if s is not None]
+    spread = max(spreads) if spreads else None
+    resolved = spread is not None and abs(cost) > spread
     return {
-        "method": "the same workload on the same warm engine with probes off, right after the probed run "
-        "(prefix cache reset before each); one run each, so expect a few % of noise on a shared machine",
-        "baseline_output_tok_s": baseline_tok_s,
-        "probed_output_tok_s": probed_tok_s,
-        "baseline_seconds": baseline_s,
-        "probed_seconds": probed_s,
-        "throughput_ratio": ratio,
-        "cost_pct": (1.0 - ratio) * 100.0,
+        "probed_output_tok_s": list(probed_tok_s),
+        "off_output_tok_s": list(off_tok_s),
+        "probed_median_tok_s": probed,
+        "off_median_tok_s": off,
+        "cost_pct": cost,
+        "spread_pct": spread,
+        "resolved": resolved,
     }
+
+
+def describe_overhead(o: dict) -> str:
+    """One line that never presents noise as a figure."""
+    n, m = len(o["probed_output_tok_s"]), len(o["off_output_tok_s"])
+    passes = f"{n} probed and {m} unprobed pass{'es' if m > 1 else ''}"
+    if o["resolved"]:
+        return (f"probe cost {o['cost_pct']:+.1f}% of throughput (medians of {passes}, interleaved; passes stray "
+                f"+-{o['spread_pct']:.1f}% from their median)")  # fmt: skip
+    if o["spread_pct"] is None:
+        return (f"probe cost not resolved: {passes} differ by {o['cost_pct']:+.1f}%, and one pair cannot tell a cost "
+                f"from run-to-run drift (--overhead-passes 3 or more measures it)")  # fmt: skip
+    return (f"probe cost not resolved: the medians of {passes} differ by {o['cost_pct']:+.1f}%, within the "
+            f"+-{o['spread_pct']:.1f}% the passes stray from their median")  # fmt: skip

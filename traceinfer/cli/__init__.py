@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from traceinfer import __version__
 from traceinfer.errors import TraceinferError
 
 #: subcommand -> module under traceinfer.cli, in the order --help lists them
-COMMANDS: dict[str, str] = {"profile": "profile", "bench": "bench", "generate": "generate"}
+COMMANDS: dict[str, str] = {"profile": "profile", "bench": "bench", "workloads": "workloads", "generate": "generate"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("traceinfer: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (`traceinfer workloads | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

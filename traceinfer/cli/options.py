@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import fields
 from typing import Literal
 
-from traceinfer.config import SECTIONS, Config, load_config
+from traceinfer.config import SECTIONS, Config, load_config, unwrap
 
 _SEP = "."  # dest = "<section>.<field>"
 
@@ -43,14 +43,12 @@ def add_section(
             continue
         flag = "--" + (f.metadata.get("flag") or f.name.replace("_", "-"))
         kwargs: dict = {"dest": f"{section}{_SEP}{f.name}", "metavar": f.name.upper(), "default": None, "help": _help(f, (helps or {}).get(f.name))}
-        hint = hints[f.name]
-        args = typing.get_args(hint)
-        base = next((a for a in args if a is not type(None)), hint) if typing.get_origin(hint) is not Literal else hint
+        base, _ = unwrap(hints[f.name])
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
             del kwargs["metavar"]
-        elif typing.get_origin(hint) is Literal:
-            kwargs["choices"] = list(args)
+        elif typing.get_origin(base) is Literal:
+            kwargs["choices"] = list(typing.get_args(base))
             del kwargs["metavar"]
         else:
             kwargs["type"] = base

@@ -1,26 +1,32 @@
 """Run a workload on the engine with probes on and write a run directory.
 
-    traceinfer profile --workload chatbot|bench [--probes off|default|all|LIST] [--out DIR] [engine options]
+    traceinfer profile --workload chatbot [--probes off|default|all|LIST] [--out DIR] [engine options]
 
-Stages: build the engine and warm it up (the workload once, unless --no-warmup) -> attach the probes
--> run the workload -> close the probes (final manifest, Parquet) -> write trace.json -> run the same
-workload again with probes off, on the same warm engine, and record the measured overhead in the
-manifest. Ctrl-C at any point of the probed run still leaves a readable run directory, marked
-"interrupted" (during the warm-up there is no run directory yet: it exits with 130).
+Stages: check the run directory can be written -> measure the device's rates -> load the model -> warm
+up (the workload once, unless --no-warmup) -> attach the probes -> run the workload as it arrives ->
+close the probes (final manifest, Parquet) -> trace.json -> the summary -> interleaved unprobed and
+probed passes that measure the probes' cost (--overhead-passes) -> where everything is. Ctrl-C or
+SIGTERM during the profiled run still leaves a readable run directory, marked "interrupted" or
+"terminated" (exit 130 or 143); a failed write (a full disk) stops the run, marked "failed" (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import time
 import warnings
 from pathlib import Path
 
 from traceinfer.cli import options
-from traceinfer.errors import TraceinferError
+from traceinfer.errors import ConfigError, TraceinferError
 
 HELP = "run a workload with probes and write a run directory"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so it unwinds the same way."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,98 +51,172 @@ def default_run_dir(root: str | Path, workload: str) -> Path:
     return path
 
 
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``traceinfer profile``; returns the exit status (130 after Ctrl-C)."""
+    """Run ``traceinfer profile``; returns the exit status (130 after Ctrl-C, 143 after SIGTERM)."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _profile(args)
+    except Terminated:
+        print("traceinfer profile: terminated (SIGTERM) before the profiled run began; nothing was written")
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _profile(args: argparse.Namespace) -> int:
     from traceinfer import workloads
-    from traceinfer.analysis.overhead import one_pair_overhead
-    from traceinfer.analysis.steps import describe_handover, handover_summary
+    from traceinfer.cli.progress import Display
     from traceinfer.engine import device as dev
     from traceinfer.engine.llm_engine import LLM
     from traceinfer.engine.sampling_params import SamplingParams
-    from traceinfer.passes.engine import timed_pass, warm_up
+    from traceinfer.passes.engine import PassStopped, run_workload, warm_up
     from traceinfer.probes import attach, resolve_probes
+    from traceinfer.rundir.writer import check_new_run_dir
+
+    config = options.load(args)
+    names = resolve_probes(config.probes.select)  # bad input fails before the model loads
+    device = dev.resolve_device(config.engine.device)
+    on_cuda = device.type == "cuda"
+    engine_config = dataclasses.replace(config.engine, device=str(device), model=dev.resolve_model(config.engine.model, device))
+    workloads.validate(config.workload, on_cuda)
+    name = config.workload.name or ("file" if config.workload.file else "chatbot")
+    out = Path(config.output.run_dir) if config.output.run_dir else default_run_dir(config.output.root, name)
+    try:
+        check_new_run_dir(out)
+    except TraceinferError as exc:
+        raise ConfigError(f"--out: {exc}") from None
+    display = Display(live=None if config.output.progress else False)
+
+    display.phase(f"measuring {dev.device_name(device)}'s copy and matmul rates, for the run's floor")
+    rates = {"bandwidth_bytes_per_s": dev.measure_bandwidth(device),  # before the engine takes the memory
+             "matmul_flops_per_s": dev.measure_matmul(device, dev.resolve_dtype(engine_config.dtype, device))}  # fmt: skip
+    dev.release_memory(device)
+    display.phase(f"loading {engine_config.model} on {device}")
+    llm = LLM(config=engine_config)
+    dev.freeze_gc()
+    engine = llm.engine
+    workload = workloads.make(config.workload, on_cuda, vocab_size=engine.vocab_size, tokenize=engine.tokenizer.encode)
+    _check_fits(workload, engine.max_model_len)
+    display.done()
+    arrival = ("offline: every request at t=0" if workload.offline else
+               f"{workload.arrival}" + (f", at most {workload.max_concurrency} in flight" if workload.max_concurrency else ""))  # fmt: skip
+    print(f"traceinfer profile: {workload.name} workload, {workload.num_requests} requests "
+          f"({workload.prompt_tokens:,} prompt tokens, up to {workload.max_output_tokens:,} output tokens; {arrival})")  # fmt: skip
+    if not on_cuda and workload.name != "file":
+        print("  on a CPU: the CPU size of the workload, smaller than on a GPU, same shape (`traceinfer workloads`)")
+    print(f"model {engine.model_label} on {engine.device} ({str(engine.dtype).removeprefix('torch.')}, "
+          f"attention {engine.attention_backend}); probes: {', '.join(names) or 'off'}")  # fmt: skip
+
+    if config.workload.warmup:
+        # the workload, unprobed and untimed: Triton compiles every prefill shape here, and the first full
+        # pass (slower than later ones on the H100, docs/benchmarks.md) is not the profiled one
+        display.phase("warm-up: the workload once, probes off")
+        warm_up(llm, workload, full=True)
+    else:
+        llm.generate([[1, 2, 3, 4, 5, 6, 7, 8]], SamplingParams(max_tokens=8, ignore_eos=True))  # CUDA init
+    display.done()
+
+    manifest = {
+        "command": args.argv,
+        "workload": {"name": workload.name, **workload.spec, "prompt_tokens": workload.prompt_tokens,
+                     "max_output_tokens": workload.max_output_tokens, "arrival": workload.arrival,
+                     "max_concurrency": workload.max_concurrency},
+        "warmup": "workload" if config.workload.warmup else "one request",
+        "device_rates": {**rates, "method": "engine.device.measure_bandwidth / measure_matmul, best of 10"},
+    }  # fmt: skip
+    engine.block_manager.reset_prefix_cache()  # every pass starts from an empty prefix cache
+    session = attach(engine, config.probes.select, out, config.probes, manifest)
+    status, error, result = "completed", None, None
+    display.phase("profiled run")
+    try:
+        result = run_workload(llm, workload, progress=display if config.output.progress else None,
+                              stop=lambda: session.writer.write_error)  # fmt: skip
+    except Terminated:
+        status = "terminated"
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except PassStopped as exc:
+        status, error = "failed", str(exc)
+    except BaseException as exc:
+        display.done("profiled run: failed")
+        session.close("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    display.done(f"profiled run: {status}" if status != "completed" else None)
+    final = session.close(status, error=error, results=_results(result) if result else None)
+    return _finish(args, config, llm, workload, names, out, final, result, status, display)
+
+
+def _finish(args, config, llm, workload, names, out: Path, final: dict, result, status: str, display) -> int:
+    """After the profiled run: the trace, the summary, the probes' cost, where everything is."""
+    from traceinfer.analysis.overhead import describe_overhead, interleaved_overhead
+    from traceinfer.analysis.summary import run_summary
+    from traceinfer.passes.engine import probed_passes
+    from traceinfer.probes.environment import describe_host_load
     from traceinfer.render.perfetto import build_trace, write_trace
+    from traceinfer.render.summary_text import format_summary
     from traceinfer.rundir import open_run
     from traceinfer.rundir.schema import TRACE
     from traceinfer.rundir.writer import update_manifest
 
-    config = options.load(args)
-    names = resolve_probes(config.probes.select)  # bad names fail before the model loads
-    device = dev.resolve_device(config.engine.device)
-    engine_config = dataclasses.replace(config.engine, device=str(device), model=dev.resolve_model(config.engine.model, device))
-    workload = workloads.make(config.workload, device.type == "cuda")
-    out = Path(config.output.run_dir) if config.output.run_dir else default_run_dir(config.output.root, workload.name)
-    if (out / "manifest.json").exists():
-        raise TraceinferError(f"{out} already holds a run; pass another --out")
-
-    # the device's rates, for the run's physical floor (analysis.floor.run_floor); before the engine takes
-    # the memory its KV cache is sized from
-    rates = {"bandwidth_bytes_per_s": dev.measure_bandwidth(device),
-             "matmul_flops_per_s": dev.measure_matmul(device, dev.resolve_dtype(engine_config.dtype, device))}  # fmt: skip
-    dev.release_memory(device)
-    llm = LLM(config=engine_config)
-    dev.freeze_gc()
-    engine = llm.engine
-    print(f"traceinfer profile: {workload.name} workload, {len(workload.prompts)} requests "
-          f"({workload.prompt_tokens:,} prompt tokens, up to {workload.max_output_tokens:,} output tokens)")  # fmt: skip
-    print(f"model {engine.model_label} on {engine.device} ({str(engine.dtype).removeprefix('torch.')}, "
-          f"attention {engine.attention_backend}); probes: {', '.join(names) or 'off'}")  # fmt: skip
-    if config.workload.warmup:
-        # the workload, unprobed and untimed: Triton compiles every prefill shape here, and the first full
-        # pass (slower than later ones on the H100, docs/benchmarks.md) is not the profiled one
-        print("warm-up: the workload once, probes off")
-        warm_up(llm, workload, full=True)
-    else:
-        llm.generate([[1, 2, 3, 4, 5, 6, 7, 8]], SamplingParams(max_tokens=8, ignore_eos=True))  # CUDA init
-
-    manifest = {"command": args.argv, "workload": {"name": workload.name, **workload.spec,
-                "prompt_tokens": workload.prompt_tokens, "max_output_tokens": workload.max_output_tokens},
-                "warmup": "workload" if config.workload.warmup else "one request",
-                "device_rates": {**rates, "method": "engine.device.measure_bandwidth / measure_matmul, best of 10"}}  # fmt: skip
-    engine.block_manager.reset_prefix_cache()  # the probed and the baseline pass do the same work
-    session = attach(engine, config.probes.select, out, config.probes, manifest)
-    status, result = "completed", None
-    try:
-        result = timed_pass(llm, workload)
-    except KeyboardInterrupt:
-        status = "interrupted"
-    except BaseException as exc:
-        session.close("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    final = session.close(status, results=_results(result) if result else None)
     print(f"\nrun directory: {out} ({status})")
+    write_error = final.get("writer", {}).get("write_error")
     run_dir = open_run(out)
     trace = None
-    if config.output.perfetto:
+    if config.output.perfetto and write_error is None:
         try:
             trace = write_trace(build_trace(run_dir), out / TRACE)
         except Exception as exc:  # a partial run still has its streams; say why the trace is missing
             warnings.warn(f"could not write the Perfetto trace: {type(exc).__name__}: {exc}", stacklevel=1)
+    warning = describe_host_load(final.get("host_load") or {})
+    if write_error is not None:
+        _print_files(out, final, trace)
+        raise TraceinferError(f"{write_error}; the run stopped, and {out} keeps what was written before (status failed)")
     if status != "completed":
         _print_files(out, final, trace)
-        return 130
+        if warning:
+            print(warning)
+        return 143 if status == "terminated" else 130
 
-    print(f"{result.num_requests} requests, {result.output_tokens:,} output tokens in {result.seconds:.2f} s: "
-          f"{result.output_tok_s:,.1f} output tok/s ({result.details['engine_steps']} steps)")  # fmt: skip
-    handover = handover_summary(run_dir.frame("steps")) if "steps" in names else None
-    if handover is not None:  # the probes' own share of each step, measured
-        update_manifest(out, handover=handover)
-        print(describe_handover(handover))
-    if config.probes.baseline and names:
+    summary = run_summary(final, {name: run_dir.frame(name) for name in run_dir.streams})
+    if summary.handover is not None and "handover" not in final:
+        update_manifest(out, handover=summary.handover)
+    print("\n".join(format_summary(summary)))
+    if config.probes.overhead_passes and names:
+        rounds = config.probes.overhead_passes
+        display.phase(f"the probes' cost: {rounds} round{'s' if rounds > 1 else ''} of one unprobed and one probed "
+                      "pass, the workload as an offline batch")  # fmt: skip
         try:
-            engine.block_manager.reset_prefix_cache()
-            baseline = timed_pass(llm, workload)
-        except KeyboardInterrupt:
-            update_manifest(out, overhead={"status": "interrupted before the baseline finished"})
+            passes = probed_passes(llm, workload, ("off", config.probes.select), rounds, config.probes)
+        except KeyboardInterrupt as exc:  # Terminated too
+            display.done("the probes' cost: interrupted")
+            update_manifest(out, overhead={"status": "interrupted before the overhead passes finished"})
             _print_files(out, final, trace)
-            return 130
-        overhead = one_pair_overhead(result.output_tok_s, baseline.output_tok_s, result.seconds, baseline.seconds)
+            return 143 if isinstance(exc, Terminated) else 130
+        display.done()
+        overhead = interleaved_overhead([r.output_tok_s for r in passes[config.probes.select]],
+                                        [r.output_tok_s for r in passes["off"]])  # fmt: skip
+        overhead["method"] = (f"{rounds} rounds of one unprobed and one probed pass (probes {config.probes.select}, "
+                              "a temporary run directory each), rotated each round, on the same warm engine, the "
+                              "workload as an offline batch; cost = 1 - median(probed) / median(unprobed)")  # fmt: skip
         update_manifest(out, overhead=overhead)
-        print(f"probes cost {overhead['cost_pct']:.1f}% of throughput ({result.output_tok_s:,.1f} tok/s probed, "
-              f"{baseline.output_tok_s:,.1f} tok/s with probes off; one run each, which drift by a few %: "
-              f"`traceinfer bench --probes off,{config.probes.select.replace(',', '+')} --repeat 7` measures it closer)")  # fmt: skip
+        print(describe_overhead(overhead))
+    if warning:
+        print(warning)
     _print_files(out, final, trace)
     return 0
+
+
+def _check_fits(workload, max_model_len: int) -> None:
+    """Every prompt leaves room for a token within max_model_len (the engine would fail the request alone;
+    a workload that cannot run as asked is refused before it starts)."""
+    for i, prompt in enumerate(workload.prompts):
+        if len(prompt) >= max_model_len:
+            raise ConfigError(f"workload {workload.name}: request {i} has {len(prompt)} prompt tokens; "
+                              f"max_model_len={max_model_len} allows at most {max_model_len - 1}")  # fmt: skip
 
 
 def _results(result) -> dict:
@@ -144,6 +224,7 @@ def _results(result) -> dict:
     return {
         "seconds": result.seconds,
         "requests": result.num_requests,
+        "failed_requests": result.details["failed_requests"],
         "prompt_tokens": result.prompt_tokens,
         "output_tokens": result.output_tokens,
         "output_tok_s": result.output_tok_s,
@@ -151,17 +232,23 @@ def _results(result) -> dict:
         "engine_steps": result.details["engine_steps"],
         "graph_steps": result.details["cuda_graph_steps"],
         "finish_reasons": result.details["finish_reasons"],
+        "arrival": result.details["arrival"],
     }
 
 
 def _print_files(out: Path, manifest: dict, trace: Path | None) -> None:
+    """Every artifact of the run and how to open it."""
     streams = manifest.get("streams", {})
-    if streams:
-        print("streams: " + ", ".join(f"{name} ({s['rows']:,} rows)" for name, s in streams.items()))
+    cpu = manifest.get("engine", {}).get("device") == "cpu"
     for name, d in manifest.get("probes", {}).get("details", {}).items():
-        if d.get("reason"):
-            print(f"probe {name}{'' if d['available'] else ' absent'}: {d['reason']}")
-    print(f"manifest: {out / 'manifest.json'}")
-    print(f"read it in Python: traceinfer.open_run({str(out)!r}).frame('steps')  (Parquet: {out}/<stream>.parquet)")
+        if d.get("reason") and not d["available"] and not (cpu and name == "nvtx"):  # NVTX marks GPU timelines
+            print(f"probe {name} absent: {d['reason']}")
+    print(f"\nmanifest   {out / 'manifest.json'}")
+    if streams:
+        parquet = all(s.get("parquet") for s in streams.values())
+        counts = ", ".join(f"{name} ({s['rows']:,})" for name, s in streams.items())
+        print(f"streams    {counts}: {'<stream>.parquet and ' if parquet else ''}<stream>.jsonl in {out}")
+        print(f"           in Python: traceinfer.open_run({str(out)!r}).frame('steps'); any Parquet reader opens "
+              "the .parquet files")  # fmt: skip
     if trace is not None:
-        print(f"trace: {trace}\n  open https://ui.perfetto.dev and drag the file in (or chrome://tracing -> Load)")
+        print(f"trace      {trace}\n           open https://ui.perfetto.dev and drag the file in (or chrome://tracing -> Load)")

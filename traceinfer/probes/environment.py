@@ -7,6 +7,8 @@ import platform
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 
@@ -90,3 +92,73 @@ def device_info(device) -> dict:
 
 def host_info() -> dict:
     return {"hostname": socket.gethostname(), "platform": platform.platform(), "pid": os.getpid(), "argv": sys.argv}
+
+
+class HostLoad:
+    """How busy the machine was while a run was open: load average, CPUs, torch's intra-op threads, and the
+    share of the machine's CPU time that other processes took (all CPU time minus this process's and its
+    helper processes', over wall time x CPUs). Two profiles at once on 2 cores each ran 11-28x slower with
+    nothing in either run directory to show why; this is that record."""
+
+    BUSY_SHARE = 0.25  # other processes' share of the machine above which a run is called oversubscribed
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self._t0 = time.monotonic()
+        self._busy0 = self._machine_busy()
+        self._own0 = self._own_cpu()
+        self._load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    def _machine_busy(self) -> float:
+        t = self._psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    def _own_cpu(self, helper_pids: Iterable[int] = ()) -> float:
+        """CPU seconds of this process, its ended (reaped) children, and the live helpers named."""
+        t = self._psutil.Process().cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for pid in helper_pids:
+            try:
+                total += sum(self._psutil.Process(pid).cpu_times()[:2])
+            except self._psutil.Error:
+                pass
+        return total
+
+    def finish(self, helper_pids: Iterable[int] = ()) -> dict:
+        """The record, once the run is over; ``helper_pids``: our helper processes still running (their CPU
+        time is ours, not another process's)."""
+        wall = time.monotonic() - self._t0
+        cpus = os.cpu_count() or 1
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+        other = max(self._machine_busy() - self._busy0 - (self._own_cpu(helper_pids) - self._own0), 0.0)
+        share = other / (wall * cpus) if wall > 0 else None
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
+        torch = sys.modules.get("torch")
+        out = {
+            "cpu_count": cpus,
+            "usable_cpus": usable,
+            "torch_intra_op_threads": torch.get_num_threads() if torch is not None else None,
+            "load_average_start": list(self._load0) if self._load0 else None,
+            "load_average_end": list(load) if load else None,
+            "other_processes_cpu_share": share,
+            "wall_s": wall,
+        }
+        busy = share is not None and share > self.BUSY_SHARE
+        loaded = load is not None and load[0] > usable + 0.5
+        out["oversubscribed"] = bool(busy or loaded)
+        return out
+
+
+def describe_host_load(load: dict) -> str | None:
+    """A warning line when the machine was oversubscribed during the run, else None."""
+    if not load.get("oversubscribed"):
+        return None
+    share = load.get("other_processes_cpu_share")
+    avg = (load.get("load_average_end") or [None])[0]
+    text = f"warning: the machine was busy during the run: other processes took {100 * (share or 0):.0f}% of its {load['cpu_count']} CPUs"
+    if avg is not None:
+        text += f" (load average {avg:.1f})"
+    return text + ("; timings are slower than on an idle machine: profile one run at a time, or set OMP_NUM_THREADS=1 "
+                   "when the CPU is shared")  # fmt: skip

@@ -62,7 +62,10 @@ class NvtxProbe(Probe):
         try:
             import nvtx
         except ImportError:
-            self.absent("the nvtx package is not installed (pip install nvtx): NVTX ranges are a no-op")
+            if self._cuda:
+                self.absent("the nvtx package is not installed (pip install nvtx): NVTX ranges are a no-op")
+            else:  # ranges mark a GPU timeline for Nsight Systems: nothing to advise on a CPU run
+                self.absent("no NVTX ranges (the nvtx package is not installed)")
             return
         dom = nvtx.get_domain(DOMAIN)
         self._domain = dom

@@ -11,7 +11,7 @@ Protocol on stdin/stdout: the process opens psutil and NVML, prints one JSON lin
 sample, waits for a byte ('g') on stdin, then samples, appending JSON Lines rows to ``host_samples.jsonl``
 and ``gpu_samples.jsonl`` in the run directory (whose headers the engine's process wrote) about twice a
 second. End of stdin (the probe stopping, or the engine's process dying) ends it: it writes what is
-left and prints a JSON report (samples, rows, errors, its CPU seconds). It ignores SIGINT.
+left and prints a JSON report (samples, rows, errors, its CPU seconds). It ignores SIGINT and SIGTERM.
 
 Stdlib, psutil and nvidia-ml-py only: it starts (``python -I sampler_process.py ...``) without torch. Rows are in the column order of
 traceinfer.probes.rundir.STREAMS (checked by the tests).
@@ -218,7 +218,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--nvml-index", type=int, default=-1, help="the engine's GPU; -1: none")
     parser.add_argument("--no-gpu-reason", default="the engine runs on no GPU")
     args = parser.parse_args(argv[1:])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine's process decides when sampling ends
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the engine's process decides when sampling ends
+        signal.signal(sig, signal.SIG_IGN)
     sampler = Sampler(args)
     print(json.dumps(sampler.ready()), flush=True)
     stdin_fd = sys.stdin.fileno()

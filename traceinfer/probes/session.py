@@ -23,7 +23,7 @@ from traceinfer.config import ProbesConfig
 from traceinfer.errors import ConfigError
 from traceinfer.probes.base import Probe, ProbeContext, StepState
 from traceinfer.probes.cuda_memory import CudaMemoryProbe
-from traceinfer.probes.environment import device_info, git_info, host_info, package_versions
+from traceinfer.probes.environment import HostLoad, device_info, git_info, host_info, package_versions
 from traceinfer.probes.gc_probe import GCProbe
 from traceinfer.probes.kv_events import KVEventProbe
 from traceinfer.probes.nvtx_probe import NvtxProbe
@@ -125,6 +125,7 @@ class ProbeSession:
         self._unsubscribe: list[Callable[[], None]] = []
         self.t0_ns = time.perf_counter_ns()
         self.t0_unix = time.time()
+        self.host_load = HostLoad()  # how busy the machine is while the run is open (manifest 'host_load')
 
     @property
     def run_dir(self) -> Path:
@@ -163,6 +164,8 @@ class ProbeSession:
             "t0_ns": self.t0_ns, "t_end_ns": t_end, "wall_s": (t_end - self.t0_ns) / 1e9,
             "started_unix": self.t0_unix, "ended_unix": time.time(),
         }  # fmt: skip
+        encoder = self.writer.encoder
+        m["host_load"] = self.host_load.finish([encoder.proc.pid] if encoder is not None else [])
         details = {name: probe.info() for name, probe in self.probes.items()}
         for name, err in errors.items():
             details[name]["stop_error"] = err
@@ -176,8 +179,8 @@ class ProbeSession:
             "probe_processes_cpu_s": round(processes, 4),
             "encoder_cpu_s": manifest["writer"]["encoder_cpu_s"],
             "note": "CPU time of the probes' own threads (in the engine's process) and processes; their cost in "
-            "throughput is measured by `traceinfer bench --probes off,default,all` and by `profile`'s baseline "
-            "run ('overhead')",
+            "throughput is measured by `traceinfer bench --probes off,default,all` and by `profile`'s overhead "
+            "passes ('overhead')",
         }
         self.writer.write_manifest()
         if self.temporary:

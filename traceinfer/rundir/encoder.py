@@ -10,10 +10,12 @@ Pipe protocol: frames of a 4-byte big-endian length and ``pickle.dumps((file_nam
 payload is a list of rows, or a str already encoded (rows pickle cannot carry). Not ``marshal``,
 though it is faster still: it writes any object with a buffer, numpy scalars included, as raw bytes.
 Once started it prints ``{"ready": true}``; at end of input it writes what it has, prints one JSON
-object (frames, rows, its CPU seconds) on stdout and exits. It ignores SIGINT: after a Ctrl-C the parent still closes the run and the child
-writes every frame it was sent; if the parent dies, the pipe's end of file tells the child to finish.
+object (frames, rows, its CPU seconds, a write error) on stdout and exits; a write that fails (a full disk)
+ends it early, its report naming the file and the error. It ignores SIGINT and SIGTERM: after a Ctrl-C or
+a SIGTERM to the process group the parent still closes the run and the child writes every frame it was
+sent; if the parent dies, the pipe's end of file tells the child to finish.
 
-    python encoder.py RUN_DIR        (started by traceinfer.probes.rundir.RunWriter)
+    python encoder.py RUN_DIR        (started by traceinfer.rundir.writer.RunWriter)
 """
 
 from __future__ import annotations
@@ -60,38 +62,44 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes | None:
 
 
 def serve(run_dir: str, stream: BinaryIO) -> dict:
-    """Read frames from ``stream`` until its end, appending each to its file in ``run_dir``."""
+    """Read frames from ``stream`` until its end, appending each to its file in ``run_dir``. A write that
+    fails (a full disk) ends the serving: the report's ``write_error`` names the file and the error."""
     files: dict = {}
     frames = rows = 0
-    try:
-        while (head := _read_exact(stream, HEADER)) is not None:
-            body = _read_exact(stream, int.from_bytes(head, "big"))
-            if body is None:  # the parent died mid-frame: the frame is lost, the file stays whole
-                break
-            name, payload = pickle.loads(body)
+    error = None
+    while (head := _read_exact(stream, HEADER)) is not None:
+        body = _read_exact(stream, int.from_bytes(head, "big"))
+        if body is None:  # the parent died mid-frame: the frame is lost, the file stays whole
+            break
+        name, payload = pickle.loads(body)
+        path = os.path.join(run_dir, name)
+        try:
             fh = files.get(name)
             if fh is None:
-                fh = files[name] = open(os.path.join(run_dir, name), "a", encoding="utf-8")
-            if isinstance(payload, str):
-                fh.write(payload)
-                rows += payload.count("\n")  # lines, for pre-encoded frames
-            else:
-                fh.write(encode_lines(payload))
-                rows += len(payload)
+                fh = files[name] = open(path, "a", encoding="utf-8")
+            text = payload if isinstance(payload, str) else encode_lines(payload)
+            fh.write(text)
             fh.flush()  # a reader (or a crash) sees whole lines as soon as they are written
-            frames += 1
-    finally:
-        for fh in files.values():
+        except OSError as exc:
+            error = f"writing {path} failed: {exc}"
+            break
+        rows += payload.count("\n") if isinstance(payload, str) else len(payload)  # lines, for pre-encoded frames
+        frames += 1
+    for fh in files.values():
+        try:
             fh.close()
+        except OSError as exc:  # what could not be flushed is lost; say so
+            error = error or f"closing {fh.name} failed: {exc}"
     t = os.times()
-    return {"frames": frames, "rows": rows, "cpu_s": round(t.user + t.system, 4)}
+    return {"frames": frames, "rows": rows, "cpu_s": round(t.user + t.system, 4), "write_error": error}
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python encoder.py RUN_DIR", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the run ends
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the parent decides when the run ends; end of input ends us
+        signal.signal(sig, signal.SIG_IGN)
     print(json.dumps({"ready": True}), flush=True)  # started: the parent need not bill our start-up to its run
     report = serve(argv[1], sys.stdin.buffer)
     print(json.dumps(report), flush=True)

@@ -25,12 +25,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import tempfile
 import threading
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
+from traceinfer.errors import RunDirError
 from traceinfer.rundir import encoder
 from traceinfer.rundir.encoder import encode_lines, jsonable
 from traceinfer.rundir.helper_process import HelperProcess
@@ -76,10 +78,6 @@ class StreamWriter:
         else:
             self.count += n
         return batch
-
-    def write(self, batch: list) -> None:
-        """Encode and append ``batch`` in this process (no encoder process, or it is gone)."""
-        self.write_text(encode_lines(batch))
 
     def write_text(self, lines: str) -> None:
         """Append JSON Lines already encoded."""
@@ -127,6 +125,9 @@ class RunWriter:
         self.flusher_cpu_s = 0.0
         self.encoder: HelperProcess | None = None
         self.encoder_error: str | None = None
+        # a write failed (a full disk): the files keep what was written before it, and nothing more is
+        # written; rows are dropped as they are taken, so memory stays flat while the run is stopped
+        self.write_error: str | None = None
         self._lock = threading.Lock()  # one packer at a time, and frames queued in the order rows were taken
         self._frames: deque[bytes] = deque()  # packed on the engine thread, sent by the writer thread
         self._stopping = False
@@ -191,6 +192,8 @@ class RunWriter:
         frames = []
         for s in self.streams.values():
             batch = s.take()
+            if self.write_error is not None:
+                continue
             for i in range(0, len(batch), SEND_ROWS):
                 frames.append(encoder.frame(s.schema.file, batch[i : i + SEND_ROWS]))
         return frames
@@ -198,6 +201,9 @@ class RunWriter:
     def _send_frames(self) -> None:
         """Send the packed frames in order (caller holds the lock); if the encoder is gone, write them here."""
         while self._frames:
+            if self.write_error is not None:
+                self._frames.clear()
+                return
             data = self._frames.popleft()
             if self.encoder is not None:
                 try:
@@ -205,15 +211,21 @@ class RunWriter:
                     continue
                 except OSError as exc:  # it died: what it had not written is lost, the rest is not
                     self._encoder_gone(f"the encoder process died during the run: {exc}")
+                    if self.write_error is not None:  # it died of a failed write: writing here would fail too
+                        continue
             self._write_frame(data)
 
     def _write_frame(self, data: bytes) -> None:
         name, payload = pickle.loads(data[encoder.HEADER :])
         stream = next(s for s in self.streams.values() if s.schema.file == name)
-        if isinstance(payload, str):
-            stream.write_text(payload)
-        else:
-            stream.write(payload)
+        self._write(stream, payload if isinstance(payload, str) else encode_lines(payload))
+
+    def _write(self, stream: StreamWriter, lines: str) -> None:
+        """Append encoded lines in this process; a failed write stops all writing (write_error)."""
+        try:
+            stream.write_text(lines)
+        except OSError as exc:
+            self.write_error = f"writing {stream.path} failed: {exc}"
 
     def flush(self) -> None:
         """Send or write everything taken so far and every stream's new rows."""
@@ -225,8 +237,8 @@ class RunWriter:
         if self.encoder is None:
             for s in self.streams.values():
                 batch = s.take()
-                if batch:
-                    s.write(batch)
+                if batch and self.write_error is None:
+                    self._write(s, encode_lines(batch))
             return
         self._frames.extend(self._pack())
         self._send_frames()
@@ -235,6 +247,8 @@ class RunWriter:
         proc, self.encoder = self.encoder, None
         error = proc.close(timeout_s=5.0) if proc is not None else None
         self.encoder_error = f"{reason} ({error})" if error else reason
+        if proc is not None and proc.report.get("write_error"):
+            self.write_error = proc.report["write_error"]
 
     def info(self) -> dict:
         """What the manifest says about the writer."""
@@ -242,6 +256,7 @@ class RunWriter:
         return {
             "encoder": "process" if self.encoder is not None else "flusher thread",
             "error": self.encoder_error,
+            "write_error": self.write_error,
             "encoder_cpu_s": report.get("cpu_s"),
             "flusher_cpu_s": round(self.flusher_cpu_s, 4),
             "flush_interval_s": self.flush_interval_s,
@@ -251,10 +266,18 @@ class RunWriter:
         }
 
     def write_manifest(self) -> None:
+        """The manifest with every stream's row count so far, written where it can be."""
         streams = self.manifest.setdefault("streams", {})
         for name, s in self.streams.items():
             streams.setdefault(name, {}).update(file=s.schema.file, columns=list(s.schema.names), rows=s.count + len(s.rows))
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        """Write the manifest as it is; a failure (a full disk) becomes write_error, not an exception."""
+        try:
+            write_json_atomic(self.path / MANIFEST, self.manifest)
+        except OSError as exc:
+            self.write_error = self.write_error or f"writing {self.path / MANIFEST} failed: {exc}"
 
     def close(self, status: str) -> dict:
         """Stop the flusher, write what is left, wait for the encoder, write each stream as Parquet, write
@@ -269,13 +292,14 @@ class RunWriter:
             error = self.encoder.close(timeout_s=120.0)
             if error:
                 self.encoder_error = error
+            self.write_error = self.write_error or self.encoder.report.get("write_error")
         with self._lock:
             for s in self.streams.values():
                 s.close()
         self.manifest["writer"] = self.info()
         self.manifest["status"] = status
         self.write_manifest()
-        if self.parquet:
+        if self.parquet and self.write_error is None:  # after a failed write the journals are the record
             self._write_parquet()
         return self.manifest
 
@@ -293,7 +317,42 @@ class RunWriter:
             except Exception as exc:  # e.g. a full disk: the journal stays the record
                 entry["parquet_error"] = f"{type(exc).__name__}: {exc}"
         self.manifest["writer"]["parquet_s"] = round(time.perf_counter() - t, 4)
-        write_json_atomic(self.path / MANIFEST, self.manifest)
+        self._save_manifest()
+
+
+def check_new_run_dir(path: str | Path) -> None:
+    """Can a new run directory be written at ``path``? RunDirError, one line, if not: a file is in the way,
+    it holds a run, it is a non-empty directory that is not a run (a run never writes among a user's
+    files), or it cannot be created or written (permissions, a read-only filesystem). Checked by creating
+    what is missing and a scratch file, then removing both: a command checks before loading a model."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise RunDirError(f"{path} is a file, not a directory for a run")
+        if (path / MANIFEST).exists():
+            raise RunDirError(f"{path} already holds a run ({MANIFEST}); choose another directory")
+        if any(path.iterdir()):
+            raise RunDirError(f"{path} is not empty and holds no run: a run directory must be new or empty")
+    missing = []
+    parent = path
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise RunDirError(f"cannot create {path}: {parent} is a file")
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):  # top down
+            d.mkdir()
+            created.append(d)
+        fd, scratch = tempfile.mkstemp(dir=path, prefix=".traceinfer-check-")
+        os.close(fd)
+        os.unlink(scratch)
+    except OSError as exc:
+        raise RunDirError(f"cannot write a run directory at {path}: {exc.strerror or exc}") from None
+    finally:
+        for d in reversed(created):  # bottom up
+            d.rmdir()
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
