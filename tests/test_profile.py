@@ -67,7 +67,7 @@ def test_profile_writes_a_complete_run_directory_and_tells_its_story(tmp_path, c
     assert m["results"]["requests"] == 3 and m["results"]["failed_requests"] == 0
     assert m["results"]["arrival"] == m["workload"]["arrival"] == "poisson"
     assert m["command"] == ["traceinfer", "profile", *argv]  # as typed
-    assert m["warmup"] == "workload" and "warm-up: the workload once" in printed
+    assert m["warmup"] == "workload" and "warm-up: the workload, probes off" in printed
     assert "on a CPU: the CPU size of the workload" in printed
     for name in ("steps", "requests", "tokens", "kv_events", "gc", "host_samples", "thread_samples"):
         assert name in m["streams"], name
@@ -122,11 +122,12 @@ def test_one_pair_is_not_presented_as_a_cost(tmp_path, capsys):
 
 
 def test_progress_is_a_live_line_on_a_terminal_and_plain_lines_in_a_log(tmp_path):
-    args = ["--workload", "chatbot", *SMALL, "--output-len", "48", "--overhead-passes", "0"]
+    args = ["--workload", "chatbot", *SMALL, "--output-len", "48"]
     proc = profile_process(tmp_path / "log", *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log
     assert "loading synthetic:tiny on cpu ..." in log and "profiled run ..." in log
+    assert "probe cost not measured: on a CPU" in log and "overhead" not in read_manifest(tmp_path / "log")  # default
     assert "requests done" in log and "output tok/s" in log and "\x1b[" not in log  # plain lines, no escapes
 
     leader, follower = pty.openpty()

@@ -144,9 +144,10 @@ class ProbesConfig:
                                        "(for nsys --capture-range=cudaProfilerApi)")  # fmt: skip
     memory_snapshot: bool = option(False, "record torch.cuda.memory history and write a snapshot (CUDA)")
     flush_interval_s: float = option(0.5, "how often streams reach the disk: what a crash can lose", cli=False)
-    overhead_passes: int = option(2, "after the profiled run, this many rounds of one unprobed and one probed "
-                                  "pass (the workload as an offline batch, interleaved) measure the probes' "
-                                  "cost; 0: none")  # fmt: skip
+    overhead_passes: int | None = option(None, "after the profiled run, this many rounds of one unprobed and one "
+                                         "probed pass (the workload as an offline batch, interleaved) measure the "
+                                         "probes' cost; 0: none; unset: 2 on a GPU, 0 on a CPU (there the probes' "
+                                         "helper processes share the few cores with the engine)")  # fmt: skip
 
     def __post_init__(self) -> None:
         for key in ("sample_hz", "stack_hz"):
@@ -155,7 +156,8 @@ class ProbesConfig:
                 raise ConfigError(f"probes.{key} must be in (0, 1000] Hz, got {value}")
         if not 0 < self.flush_interval_s <= 60:
             raise ConfigError(f"probes.flush_interval_s must be in (0, 60] seconds, got {self.flush_interval_s}")
-        _at_least(self, "probes", "overhead_passes", 0)
+        if self.overhead_passes is not None:
+            _at_least(self, "probes", "overhead_passes", 0)
 
 
 @dataclass(frozen=True)

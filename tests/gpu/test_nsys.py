@@ -38,7 +38,7 @@ def test_nvtx_ranges_reach_nsys_one_per_step_and_stage(tmp_path):
         "nsys", "profile", "-t", "cuda,nvtx", "-s", "none", "--cpuctxsw=none",
         "--capture-range=cudaProfilerApi", "--capture-range-end=stop", "-o", str(tmp_path / "cap"),
         sys.executable, "-m", "traceinfer.cli", "profile", "--workload", "chatbot", "--model", "synthetic:tiny",
-        "--num-requests", "8", "--probes", "nvtx,steps", "--no-baseline", "--out", str(run),
+        "--num-requests", "8", "--probes", "nvtx,steps", "--overhead-passes", "0", "--out", str(run),
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

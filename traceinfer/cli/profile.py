@@ -112,10 +112,16 @@ def _profile(args: argparse.Namespace) -> int:
           f"attention {engine.attention_backend}); probes: {', '.join(names) or 'off'}")  # fmt: skip
 
     if config.workload.warmup:
-        # the workload, unprobed and untimed: Triton compiles every prefill shape here, and the first full
-        # pass (slower than later ones on the H100, docs/benchmarks.md) is not the profiled one
-        display.phase("warm-up: the workload once, probes off")
-        warm_up(llm, workload, full=True)
+        # the workload, unprobed and untimed: on a GPU Triton compiles every kernel variant the run meets here,
+        # and the first full pass (slower than later ones on the H100, docs/benchmarks.md) is not the profiled
+        # one. At 4 tokens a request, then on a GPU whole, as an offline batch (the overhead passes' shapes)
+        # and as it arrives: single-request prefills and small mixed batches select other kernel variants (a
+        # 1.9 s first step on the H200 without it). A CPU compiles nothing: the short pass grows the allocator.
+        display.phase("warm-up: the workload, probes off")
+        warm_up(llm, workload, full=on_cuda)
+        if on_cuda and not workload.offline:
+            run_workload(llm, workload)
+            engine.block_manager.reset_prefix_cache()
     else:
         llm.generate([[1, 2, 3, 4, 5, 6, 7, 8]], SamplingParams(max_tokens=8, ignore_eos=True))  # CUDA init
     display.done()
@@ -185,8 +191,13 @@ def _finish(args, config, llm, workload, names, out: Path, final: dict, result, 
     if summary.handover is not None and "handover" not in final:
         update_manifest(out, handover=summary.handover)
     print("\n".join(format_summary(summary)))
-    if config.probes.overhead_passes and names:
-        rounds = config.probes.overhead_passes
+    rounds = config.probes.overhead_passes
+    if rounds is None:
+        rounds = 2 if llm.engine.device.type == "cuda" else 0
+        if names and not rounds:
+            print("probe cost not measured: on a CPU the probes' helper processes share the cores with the engine, so "
+                  "it says little about a GPU run (--overhead-passes 3 measures it here)")  # fmt: skip
+    if rounds and names:
         display.phase(f"the probes' cost: {rounds} round{'s' if rounds > 1 else ''} of one unprobed and one probed "
                       "pass, the workload as an offline batch")  # fmt: skip
         try:
