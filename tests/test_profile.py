@@ -244,3 +244,16 @@ def test_a_busy_machine_is_recorded_and_warned_about(tmp_path, capsys):
     load = read_manifest(tmp_path / "run")["host_load"]
     assert load["oversubscribed"] and load["other_processes_cpu_share"] > 0.25
     assert "warning: the machine was busy during the run" in capsys.readouterr().out
+
+
+def test_a_small_vocabulary_checkpoint_runs_every_generated_workload(tmp_path, hf_checkpoint, capsys):
+    """Token ids are drawn inside the model's vocabulary (a 512-token checkpoint; chatbot drew ids up to
+    10,000 and failed before)."""
+    path, _ = hf_checkpoint("qwen3")
+    for name in ("chatbot", "prefix_share", "mixed"):
+        out = tmp_path / name
+        argv = ["--workload", name, "--model", str(path), "--num-requests", "3", "--out", str(out), "--no-warmup",
+                "--probes", "requests", "--arrival", "offline"]  # fmt: skip
+        assert main(argv) == 0, capsys.readouterr().err  # an id outside the vocabulary fails the command
+        m = read_manifest(out)
+        assert m["results"]["failed_requests"] == 0 and m["results"]["requests"] == 3
