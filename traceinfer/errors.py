@@ -23,3 +23,7 @@ class BackendUnavailableError(TraceinferError, RuntimeError):
 
 class RunDirError(TraceinferError):
     """A path is not a readable run directory, or a stream or column asked of it does not exist."""
+
+
+class IngestError(TraceinferError):
+    """A foreign capture (py-spy, torch.profiler, nsys, a memory snapshot) cannot be read as one."""
