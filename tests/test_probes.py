@@ -25,7 +25,7 @@ from traceinfer.analysis import requests as request_analysis
 from traceinfer.analysis import steps as step_analysis
 from traceinfer.config import ProbesConfig
 from traceinfer.errors import ConfigError
-from traceinfer.probes import PRESETS, PROBES, attach, resolve_probes, sampler_process
+from traceinfer.probes import PRESETS, attach, resolve_probes, sampler_process
 from traceinfer.probes.kv_events import block_manager_state
 from traceinfer.probes.sampler_process import GpuReader, HostReader
 from traceinfer.probes.samplers import StepCell
@@ -72,7 +72,7 @@ def greedy(n: int) -> SamplingParams:
 def test_resolve_probes_sets_and_lists():
     assert resolve_probes("off") == ()
     assert resolve_probes("default") == PRESETS["default"]
-    assert resolve_probes("all") == tuple(PROBES)
+    assert resolve_probes("all") == PRESETS["all"]
     assert resolve_probes("kv,steps") == ("steps", "kv")  # registry order
     assert resolve_probes("default+threads") == PRESETS["default"] + ("threads",)
     assert resolve_probes(["gc", "kv"]) == ("kv", "gc")

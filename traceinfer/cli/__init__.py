@@ -16,7 +16,13 @@ from traceinfer import __version__
 from traceinfer.errors import TraceinferError
 
 #: subcommand -> module under traceinfer.cli, in the order --help lists them
-COMMANDS: dict[str, str] = {"profile": "profile", "bench": "bench", "workloads": "workloads", "generate": "generate"}
+COMMANDS: dict[str, str] = {
+    "profile": "profile",
+    "flamegraph": "flamegraph",
+    "bench": "bench",
+    "workloads": "workloads",
+    "generate": "generate",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,7 +94,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     dev.freeze_gc()
     engine = llm.engine
     warm_up(llm, workload, full=len(probe_sets) * args.repeat > 1)
-    passes = probed_passes(llm, workload, probe_sets, args.repeat)
+    passes = probed_passes(llm, workload, probe_sets, args.repeat, config.probes)  # [probes] settings apply
     medians = {spec_name: median_pass(results) for spec_name, results in passes.items()}
     ours = medians[probe_sets[0]]
     cost = ModelCost.from_shapes(engine.model.shapes())

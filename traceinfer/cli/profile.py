@@ -78,7 +78,7 @@ def _profile(args: argparse.Namespace) -> int:
     from traceinfer.rundir.writer import check_new_run_dir
 
     config = options.load(args)
-    names = resolve_probes(config.probes.select)  # bad input fails before the model loads
+    names = resolve_probes(config.probes.selection)  # bad input fails before the model loads
     device = dev.resolve_device(config.engine.device)
     on_cuda = device.type == "cuda"
     engine_config = dataclasses.replace(config.engine, device=str(device), model=dev.resolve_model(config.engine.model, device))
@@ -135,7 +135,7 @@ def _profile(args: argparse.Namespace) -> int:
         "device_rates": {**rates, "method": "engine.device.measure_bandwidth / measure_matmul, best of 10"},
     }  # fmt: skip
     engine.block_manager.reset_prefix_cache()  # every pass starts from an empty prefix cache
-    session = attach(engine, config.probes.select, out, config.probes, manifest)
+    session = attach(engine, config.probes.selection, out, config.probes, manifest)
     status, error, result = "completed", None, None
     display.phase("profiled run")
     try:
@@ -201,24 +201,55 @@ def _finish(args, config, llm, workload, names, out: Path, final: dict, result, 
         display.phase(f"the probes' cost: {rounds} round{'s' if rounds > 1 else ''} of one unprobed and one probed "
                       "pass, the workload as an offline batch")  # fmt: skip
         try:
-            passes = probed_passes(llm, workload, ("off", config.probes.select), rounds, config.probes)
+            passes = probed_passes(llm, workload, ("off", config.probes.selection), rounds, config.probes)
         except KeyboardInterrupt as exc:  # Terminated too
             display.done("the probes' cost: interrupted")
             update_manifest(out, overhead={"status": "interrupted before the overhead passes finished"})
             _print_files(out, final, trace)
             return 143 if isinstance(exc, Terminated) else 130
         display.done()
-        overhead = interleaved_overhead([r.output_tok_s for r in passes[config.probes.select]],
+        overhead = interleaved_overhead([r.output_tok_s for r in passes[config.probes.selection]],
                                         [r.output_tok_s for r in passes["off"]])  # fmt: skip
-        overhead["method"] = (f"{rounds} rounds of one unprobed and one probed pass (probes {config.probes.select}, "
+        overhead["method"] = (f"{rounds} rounds of one unprobed and one probed pass (probes {config.probes.selection}, "
                               "a temporary run directory each), rotated each round, on the same warm engine, the "
                               "workload as an offline batch; cost = 1 - median(probed) / median(unprobed)")  # fmt: skip
         update_manifest(out, overhead=overhead)
         print(describe_overhead(overhead))
+    graphs = _flamegraphs(run_dir)
     if warning:
         print(warning)
-    _print_files(out, final, trace)
+    _print_files(out, final, trace, graphs)
     return 0
+
+
+def _flamegraphs(run_dir) -> list[Path]:
+    """The flame graphs the run's probes give (py-spy, thread samples, torch.profiler, a memory snapshot),
+    whole and per engine phase, as SVG in RUN/flamegraphs/; py-spy's phase shares beside the step trace's."""
+    from traceinfer.analysis.phases import phase_shares
+    from traceinfer.analysis.summary import step_split
+    from traceinfer.cli.flamegraph import FOLDER, load_stacks, write_phases
+
+    details = run_dir.manifest.get("probes", {}).get("details", {})
+    kinds = [kind for kind, probe in (("cpu", "pyspy"), ("threads", "threads"), ("gpu", "torch_profiler"),
+                                      ("ops", "torch_profiler")) if details.get(probe, {}).get("available")]  # fmt: skip
+    if details.get("cuda_memory", {}).get("memory_snapshot"):
+        kinds.append("memory")
+    paths: list[Path] = []
+    for kind in kinds:
+        try:
+            stacks = load_stacks(run_dir, kind)
+        except TraceinferError as exc:  # e.g. no GPU kernels on a CPU run: the others still come
+            print(f"flame graph {kind}: {exc}")
+            continue
+        paths += write_phases(run_dir, stacks, kind, "svg", run_dir.path / FOLDER)
+        if kind == "cpu" and stacks.phases and "steps" in run_dir.streams:
+            shares = phase_shares(stacks.phases)
+            steps = {s.name: s.share for s in step_split(run_dir.frame("steps"), run_dir.manifest["results"]["seconds"] * 1e9)}
+            print("py-spy samples of the engine thread by phase (step trace's share of the run beside it):")
+            print("  " + ", ".join(f"{p} {100 * shares[p]:.1f}% ({100 * steps.get(p, 0):.1f}%)" for p in shares if shares[p] or steps.get(p)))
+            if stacks.note:
+                print(f"  {stacks.note}")
+    return paths
 
 
 def _check_fits(workload, max_model_len: int) -> None:
@@ -247,7 +278,7 @@ def _results(result) -> dict:
     }
 
 
-def _print_files(out: Path, manifest: dict, trace: Path | None) -> None:
+def _print_files(out: Path, manifest: dict, trace: Path | None, graphs: list[Path] = ()) -> None:
     """Every artifact of the run and how to open it."""
     streams = manifest.get("streams", {})
     cpu = manifest.get("engine", {}).get("device") == "cpu"
@@ -263,3 +294,9 @@ def _print_files(out: Path, manifest: dict, trace: Path | None) -> None:
               "the .parquet files")  # fmt: skip
     if trace is not None:
         print(f"trace      {trace}\n           open https://ui.perfetto.dev and drag the file in (or chrome://tracing -> Load)")
+    if graphs:
+        from traceinfer.cli.flamegraph import how_to_open
+
+        folder = graphs[0].parent
+        print(f"flame graphs {folder}: {', '.join(p.name for p in graphs)}")
+        print(f"           {how_to_open(graphs[0])}")

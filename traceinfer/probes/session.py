@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,10 +28,12 @@ from traceinfer.probes.environment import HostLoad, device_info, git_info, host_
 from traceinfer.probes.gc_probe import GCProbe
 from traceinfer.probes.kv_events import KVEventProbe
 from traceinfer.probes.nvtx_probe import NvtxProbe
+from traceinfer.probes.pyspy import PySpyProbe
 from traceinfer.probes.request_trace import RequestTraceProbe
 from traceinfer.probes.samplers import SamplerProbe
 from traceinfer.probes.step_trace import StepTraceProbe
 from traceinfer.probes.threads import ThreadProbe
+from traceinfer.probes.torch_profiler import TorchProfilerProbe
 from traceinfer.rundir.writer import RunWriter
 
 #: Every probe, by name, in the order they are attached.
@@ -45,15 +48,19 @@ PROBES: dict[str, type[Probe]] = {
         SamplerProbe,
         ThreadProbe,
         CudaMemoryProbe,
+        TorchProfilerProbe,
+        PySpyProbe,
     )
 }
 
 #: Named sets. ``default`` is what is cheap enough to leave on; ``all`` adds stack sampling and
-#: per-step allocator stats, and samples at ALL_HZ.
+#: per-step allocator stats, and samples at ALL_HZ. The torch profiler (it times every op) and py-spy (a
+#: process of its own that pauses the engine to read it) are in neither: name them to add them
+#: (``default,torch_profiler``; ``--pyspy``).
 PRESETS: dict[str, tuple[str, ...]] = {
     "off": (),
     "default": ("nvtx", "steps", "requests", "kv", "gc", "samplers"),
-    "all": tuple(PROBES),
+    "all": ("nvtx", "steps", "requests", "kv", "gc", "samplers", "threads", "cuda_memory"),
 }
 DEFAULT_HZ = 20.0
 ALL_HZ = 100.0
@@ -223,6 +230,7 @@ def attach(
         "git": git_info(),
         "host": host_info(),
         "clock": {"source": "time.perf_counter_ns", "t0_ns": None, "unix_at_t0": None},
+        "engine_thread": threading.get_ident(),  # attach runs on the thread that steps the engine
         "probes": {
             "selected": spec if isinstance(spec, str) else ",".join(spec),
             "enabled": list(names),

@@ -20,17 +20,15 @@ import threading
 import time
 from typing import Any
 
+from traceinfer.flamegraphs.folded import python_frame
 from traceinfer.probes.base import Probe, ProbeContext, SamplerThread
 
 MAX_DEPTH = 128
 
 
 def frame_label(code) -> str:
-    """``dir/file.py:qualname`` of a code object, with ';' (the folded-stack separator) removed."""
-    parts = code.co_filename.replace("\\", "/").rsplit("/", 2)
-    path = "/".join(parts[-2:])
-    name = getattr(code, "co_qualname", code.co_name)
-    return f"{path}:{name}".replace(";", ":")
+    """``dir/file.py:qualname`` of a code object (traceinfer.flamegraphs.folded.python_frame)."""
+    return python_frame(code.co_filename, getattr(code, "co_qualname", code.co_name))
 
 
 class ThreadProbe(Probe):

@@ -25,6 +25,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TRACE = "trace.json"
 MEMORY_SNAPSHOT = "memory_snapshot.pickle"
+TORCH_TRACE = "torch_trace.json.gz"  # probe 'torch_profiler': its Chrome trace (traceinfer.ingest.kineto reads it)
+PYSPY_TRACE = "pyspy.json"  # py-spy samples as a Chrome trace (probe pyspy)
+PYSPY_LOG = "pyspy.log"  # what py-spy printed
 
 ColumnType = Literal["int", "float", "bool", "str", "list<int>", "list<list<int>>", "json"]
 
@@ -71,6 +74,8 @@ def _cols(*specs: tuple[str, str, str, str]) -> tuple[Column, ...]:
 
 
 STAGES = ("schedule", "prepare", "forward", "sample", "postprocess")
+#: where the engine thread can be at any instant: a stage, the probes' handover, the rest of a step, or idle
+PHASES = (*STAGES, "handover", "other", "between steps")
 _T = ("t_ns", "int", "ns", "perf_counter_ns")
 _STEP = ("step", "int", "", "engine step")
 
@@ -276,6 +281,11 @@ def markdown() -> str:
         "of rows in column order; a packed row holds one event per element of its packed columns) |",
         "| `<stream>.parquet` | the same stream as typed columns, one row per event, written when the run closes |",
         f"| `{TRACE}` | a Chrome / Perfetto trace of the streams |",
+        f"| `{PYSPY_TRACE}`, `{PYSPY_LOG}` | py-spy's samples as a Chrome trace, and what it printed (probe pyspy, "
+        "`--pyspy`) |",
+        f"| `{TORCH_TRACE}` | a torch.profiler (Kineto) trace with a range per engine stage (probe torch_profiler) |",
+        "| `flamegraphs/` | flame graphs (`cpu.svg`, `cpu.<phase>.svg`, `threads.svg`, `gpu.svg`, `memory.svg`, ...) "
+        "written by `profile` and `traceinfer flamegraph` |",
         f"| `{MEMORY_SNAPSHOT}` | optional `torch.cuda.memory` snapshot (https://pytorch.org/memory_viz) |",
         "",
         "Read a run with `traceinfer.open_run(path)`: `.manifest`, `.streams`, `.frame(name)` (a pandas "
