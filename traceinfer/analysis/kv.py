@@ -12,14 +12,23 @@
 Names follow vLLM's metrics where they overlap (kv_cache_usage_perc, prefix_cache_queries/hits,
 kv_block_lifetime_seconds, kv_block_idle_before_evict_seconds, kv_block_reuse_gap_seconds,
 num_preemptions). Idle-before-evict is measured from the moment the block's last holder released it.
+
+Columnar: a 10-minute GPU run logs millions of block ops, so the derived series explode the ops' block
+lists into one row per (op, block) and work on numpy arrays grouped by block or request; only replay
+applies the ops one at a time (it must be exact, and it is a few seconds for millions of ops).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
+
+from traceinfer.analysis.requests import group_order, int_or_null, token_runs
+from traceinfer.rundir.schema import STREAMS
 
 ACCESS_OPS = ("allocate", "append", "hit")
 RELEASE_OPS = ("free", "preempt")
@@ -54,40 +63,49 @@ class KVState:
         )
 
 
-def _records(kv) -> list[dict]:
+def _frame(kv) -> pd.DataFrame:
+    """A kv_events frame, or a list of its records as one."""
     if isinstance(kv, pd.DataFrame):
-        return kv.to_dict("records")
-    return list(kv)
+        return kv
+    return pd.DataFrame.from_records(list(kv), columns=list(STREAMS["kv_events"].names))
+
+
+_REPLAY_COLUMNS = ("op", "block_ids", "block_hashes", "parent_block_hashes", "ref_counts", "token_ids", "state")
 
 
 def replay(kv) -> KVState:
     """Apply every op of the log, from its first 'snapshot' row, the way BlockManager applies it."""
-    events = _records(kv)
-    if not events or events[0]["op"] != "snapshot":
+    if isinstance(kv, pd.DataFrame):
+        columns = [kv[c].tolist() for c in _REPLAY_COLUMNS]
+    else:
+        records = list(kv)
+        columns = [[e.get(c) for e in records] for c in _REPLAY_COLUMNS]
+    events = list(zip(*columns))
+    if not events or events[0][0] != "snapshot":
         raise ValueError("the KV event log does not start with a 'snapshot' row; it cannot be replayed")
-    s = KVState.from_snapshot(events[0]["state"])
+    s = KVState.from_snapshot(events[0][6])
     fq: OrderedDict[int, None] = OrderedDict.fromkeys(s.free_queue)
-    for e in events[1:]:
-        op, ids = e["op"], e["block_ids"] or []
+    for op, ids, hashes, parents, refs, tokens, state in events[1:]:
+        ids = ids or []
         if op in ACCESS_OPS:
-            for b, rc in zip(ids, e["ref_counts"]):
+            for b, rc in zip(ids, refs):
                 fq.pop(b, None)
                 s.ref_counts[b] = rc
         elif op == "evict":
-            for b, h in zip(ids, e["block_hashes"]):
+            for b, h in zip(ids, hashes):
                 fq.pop(b, None)
                 if s.cached.get(h) == b:
                     del s.cached[h]
                 s.hashes[b] = s.parent_hashes[b] = s.token_ids[b] = None
         elif op == "stored":
-            parents = e["parent_block_hashes"] or [None] * len(ids)
-            tokens = e["token_ids"] or [None] * len(ids)
-            for b, h, p, t in zip(ids, e["block_hashes"], parents, tokens):
+            parents = parents or [None] * len(ids)
+            tokens = tokens or [None] * len(ids)
+            for b, h, p, t in zip(ids, hashes, parents, tokens):
                 s.hashes[b], s.parent_hashes[b] = h, p
                 s.token_ids[b] = tuple(t) if t is not None else None
                 s.cached[h] = b
         elif op in RELEASE_OPS:
-            for b, rc in zip(ids, e["ref_counts"]):
+            for b, rc in zip(ids, refs):
                 s.ref_counts[b] = rc
                 if rc == 0:
                     fq[b] = None
@@ -99,7 +117,7 @@ def replay(kv) -> KVState:
             s.token_ids = [None] * s.num_blocks
             s.cached.clear()
         elif op == "snapshot":
-            s = KVState.from_snapshot(e["state"])
+            s = KVState.from_snapshot(state)
             fq = OrderedDict.fromkeys(s.free_queue)
     s.free_queue = list(fq)
     return s
@@ -118,27 +136,49 @@ def block_size_of(kv: pd.DataFrame) -> int | None:
 def utilization(kv: pd.DataFrame, num_blocks: int | None = None) -> pd.DataFrame:
     """Block counts after every op and usage = used / total (vLLM's kv_cache_usage_perc, as a fraction)."""
     total = num_blocks or num_blocks_of(kv)
-    out = kv[["t_ns", "step", "op", "num_used", "num_free", "num_cached"]].copy()
+    out = kv[["t_ns", "step", "op", "num_used", "num_free", "num_cached"]].reset_index(drop=True)
     out["usage"] = out["num_used"] / total if total else None
-    return out.reset_index(drop=True)
+    return out
 
 
 def prefix_hits(requests: pd.DataFrame, tokens: pd.DataFrame) -> pd.DataFrame:
     """One row per admission (a 'scheduled' event): the tokens looked up in the prefix cache (prompt plus
     outputs so far, as a re-admission after preemption recomputes them) and the tokens found."""
-    arrivals = requests[requests["event"] == "arrival"].set_index("request_id")["prompt_len"].to_dict()
+    arrivals = requests[requests["event"] == "arrival"].drop_duplicates("request_id", keep="last")
+    prompts = arrivals.set_index("request_id")["prompt_len"]
     sched = requests[requests["event"] == "scheduled"].sort_values("t_ns")
-    tok_times = tokens.groupby("request_id")["t_ns"].apply(sorted).to_dict() if len(tokens) else {}
-    rows = []
-    for r in sched.itertuples(index=False):
-        prompt = arrivals.get(r.request_id)
-        if prompt is None:
-            continue
-        emitted = sum(1 for t in tok_times.get(r.request_id, ()) if t < r.t_ns)
-        rows.append((r.t_ns, r.step, r.request_id, prompt + emitted, int(r.cached_tokens or 0)))
-    out = pd.DataFrame(rows, columns=["t_ns", "step", "request_id", "query_tokens", "hit_tokens"])
+    sched = sched[sched["request_id"].isin(prompts.index) & sched["request_id"].notna()]
+    out = pd.DataFrame({
+        "t_ns": sched["t_ns"].to_numpy(), "step": sched["step"].to_numpy(), "request_id": sched["request_id"].to_numpy(),
+        "query_tokens": prompts.reindex(sched["request_id"]).to_numpy() + _emitted_before(tokens, sched),
+        "hit_tokens": sched["cached_tokens"].fillna(0).to_numpy(np.int64),
+    }) if len(sched) else pd.DataFrame([], columns=["t_ns", "step", "request_id", "query_tokens", "hit_tokens"])  # fmt: skip
     out["cum_hit_rate"] = out["hit_tokens"].cumsum() / out["query_tokens"].cumsum().where(lambda s: s > 0)
     return out
+
+
+def _emitted_before(tokens: pd.DataFrame, events: pd.DataFrame) -> np.ndarray:
+    """For each event (request_id, t_ns): how many of its request's tokens came before it (a binary
+    search of every event at once within its request's tokens, ordered by time)."""
+    count = np.zeros(len(events), dtype=np.int64)
+    if not len(tokens) or not len(events):
+        return count
+    runs = token_runs(tokens, "t_ns")
+    times = tokens["t_ns"].to_numpy()[runs.order]
+    g = runs.ids.get_indexer(events["request_id"])
+    has = g >= 0
+    lo = np.where(has, runs.bounds[np.maximum(g, 0)], 0)
+    hi = np.where(has, runs.bounds[np.maximum(g, 0) + 1], 0)
+    first = lo.copy()
+    t = events["t_ns"].to_numpy()
+    while (active := lo < hi).any():
+        mid = (lo + hi) // 2
+        before = np.zeros(len(t), dtype=bool)
+        before[active] = times[mid[active]] < t[active]
+        lo = np.where(active & before, mid + 1, lo)
+        hi = np.where(active & ~before, mid, hi)
+    count[:] = lo - first
+    return count
 
 
 def hit_rate(hits: pd.DataFrame) -> float | None:
@@ -147,106 +187,250 @@ def hit_rate(hits: pd.DataFrame) -> float | None:
     return float(hits["hit_tokens"].sum() / queries) if queries else None
 
 
+def _explode(lists: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A list column flattened: (the elements as int64, the length of each row's list; null: 0)."""
+    if isinstance(lists.dtype, pd.ArrowDtype):  # lists kept as Arrow: no Python objects
+        lengths = lists.list.len().fillna(0).to_numpy(np.int64)
+        return lists.list.flatten().to_numpy(np.int64), lengths
+    values = lists.to_numpy()
+    null = pd.isna(values)
+    if null.any():
+        values = values[~null]
+    lengths = np.zeros(len(null), dtype=np.int64)
+    lengths[~null] = np.fromiter(map(len, values), np.int64, len(values))
+    return np.fromiter(itertools.chain.from_iterable(values), np.int64, int(lengths.sum())), lengths
+
+
+_ALLOC, _HIT, _STORED, _RELEASE, _EVICT, _RESET, _NONE = range(7)
+_KINDS = {"allocate": _ALLOC, "append": _ALLOC, "hit": _HIT, "stored": _STORED, "free": _RELEASE,
+          "preempt": _RELEASE, "evict": _EVICT}  # fmt: skip
+
+
+def _block_events(kv: pd.DataFrame, ops: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """One event per (op, block) of the ``ops`` rows, in log order: kind, block, t_ns, place (its order
+    in the log). A release whose reference count did not reach zero is kind _NONE (it changes nothing)."""
+    op = kv["op"]
+    rows = np.flatnonzero(op.isin(ops).to_numpy())
+    sel = kv[["op", "block_ids", "ref_counts"]].iloc[rows]  # not the other columns: token lists are large
+    block, lengths = _explode(sel["block_ids"])
+    codes, names = pd.factorize(sel["op"])
+    kind_of_row = np.array([_KINDS.get(name, _NONE) for name in names] + [_NONE], dtype=np.int8)[codes]
+    kind = np.repeat(kind_of_row, lengths)
+    row = np.repeat(rows, lengths)
+    released = np.flatnonzero(kind_of_row == _RELEASE)
+    if len(released):  # a release frees a block when its count reaches zero; ids and counts pair up as zip does
+        refs, ref_lengths = _explode(sel["ref_counts"].iloc[released])
+        pairs = np.minimum(lengths[released], ref_lengths)
+        k = np.arange(int(pairs.sum())) - np.repeat(np.cumsum(pairs) - pairs, pairs)
+        slot = np.repeat((np.cumsum(lengths) - lengths)[released], pairs) + k
+        rc = refs[np.repeat(np.cumsum(ref_lengths) - ref_lengths, pairs) + k]
+        kind[kind == _RELEASE] = _NONE  # an element without a count changes nothing
+        kind[slot[rc == 0]] = _RELEASE
+    place = np.arange(len(kind), dtype=np.int64)
+    resets = np.flatnonzero((op == "reset").to_numpy()) if "reset" in ops else np.zeros(0, np.int64)
+    if len(resets):  # a reset reaches every block the log names: one event per block, at the reset's place
+        seen = np.unique(block)
+        at = np.searchsorted(row, resets)  # the reset comes before the elements of later rows
+        kind = np.concatenate([kind, np.full(len(seen) * len(resets), _RESET, np.int8)])
+        block = np.concatenate([block, np.tile(seen, len(resets))])
+        row = np.concatenate([row, np.repeat(resets, len(seen))])
+        place = np.concatenate([2 * place + 1, np.repeat(2 * at, len(seen))])
+    return {"kind": kind, "block": block, "t_ns": kv["t_ns"].to_numpy(np.int64)[row], "place": place}
+
+
 def block_lives(kv: pd.DataFrame) -> pd.DataFrame:
     """One row per residency of a block: from being taken off the free queue (allocated) to eviction,
     reallocation (an uncached block reused), reset, or the end of the log ('open')."""
     cols = ["block_id", "alloc_ns", "stored_ns", "released_ns", "end_ns", "end", "hits",
             "lifetime_ns", "idle_before_evict_ns"]  # fmt: skip
-    live: dict[int, dict] = {}
-    rows = []
+    kv = _frame(kv)
+    e = _block_events(kv, ("allocate", "append", "hit", "stored", *RELEASE_OPS, "evict", "reset"))
+    if not (e["kind"] == _ALLOC).any():
+        return pd.DataFrame([], columns=cols)
+    # each block's events in log order
+    order, bounds = group_order(e["block"], int(e["block"].max()) + 1, e["place"])
+    kind, block, t, place = (e[k][order] for k in ("kind", "block", "t_ns", "place"))
+    n = len(kind)
+    idx = np.arange(n)
+    sizes = np.diff(bounds)
+    block_start = np.repeat(bounds[:-1], sizes)
+    block_end = np.repeat(bounds[1:], sizes)  # exclusive end of each event's block
 
-    def end(b: int, t: int, how: str) -> None:
-        life = live.pop(b, None)
-        if life is None:
-            return
-        life.update(end_ns=t, end=how, lifetime_ns=t - life["alloc_ns"])
-        if how == "evicted" and life["released_ns"] is not None:
-            life["idle_before_evict_ns"] = t - life["released_ns"]
-        rows.append(life)
+    # a life starts at each allocation and runs to the next allocation of the block, or the block's end
+    is_alloc = kind == _ALLOC
+    alloc = np.flatnonzero(is_alloc)
+    next_alloc = np.append(alloc[1:], n)
+    seg_end = np.minimum(next_alloc, block_end[alloc])
+    life = np.cumsum(is_alloc) - 1  # the life an event falls in (valid from its block's first allocation)
+    in_life = np.maximum.accumulate(np.where(is_alloc, idx, -1)) >= block_start
+    # released_ns before each event: set by a release to zero, cleared by a hit (and by the allocation)
+    marker = (kind == _RELEASE) | (kind == _HIT) | is_alloc
+    last_marker = np.maximum.accumulate(np.where(marker, idx, 0))
+    released_after = np.where(kind[last_marker] == _RELEASE, t[last_marker], -1)  # -1: none
+    released_before = np.empty(n, dtype=np.int64)
+    released_before[0] = -1
+    released_before[1:] = released_after[:-1]
+    # the first eviction, or reset of a released block, ends the life
+    ends_at = np.flatnonzero(in_life & ((kind == _EVICT) | ((kind == _RESET) & (released_before >= 0))))
+    first_end = np.full(len(alloc), -1, dtype=np.int64)
+    if len(ends_at):
+        lives_ended = life[ends_at]
+        first = np.ones(len(ends_at), dtype=bool)
+        first[1:] = lives_ended[1:] != lives_ended[:-1]
+        first_end[lives_ended[first]] = ends_at[first]
+    ended = first_end >= 0
+    reallocated = ~ended & (next_alloc < block_end[alloc])
+    closed = ended | reallocated
+    end_at = np.where(ended, first_end, np.minimum(next_alloc, n - 1))  # the event that closes the life
+    last = np.where(ended, first_end, seg_end) - 1  # the life's last event before it closes
 
-    for e in _records(kv):
-        op, t, ids = e["op"], e["t_ns"], e["block_ids"] or []
-        if op in ("allocate", "append"):
-            for b in ids:
-                end(b, t, "reallocated")  # a free uncached block taken again (evicted ones ended already)
-                live[b] = {"block_id": b, "alloc_ns": t, "stored_ns": None, "released_ns": None, "end_ns": None, "end": "open",
-                               "hits": 0, "lifetime_ns": None, "idle_before_evict_ns": None}  # fmt: skip
-        elif op == "hit":
-            for b in ids:
-                if b in live:
-                    live[b]["hits"] += 1
-                    live[b]["released_ns"] = None
-        elif op == "stored":
-            for b in ids:
-                if b in live:
-                    live[b]["stored_ns"] = t
-        elif op in RELEASE_OPS:
-            for b, rc in zip(ids, e["ref_counts"]):
-                if rc == 0 and b in live:
-                    live[b]["released_ns"] = t
-        elif op == "evict":
-            for b in ids:
-                end(b, t, "evicted")
-        elif op == "reset":
-            for b in list(live):
-                if live[b]["released_ns"] is not None:
-                    end(b, t, "reset")
-    rows.extend(live.values())
-    return pd.DataFrame(rows, columns=cols)
+    hits_cum = np.cumsum(kind == _HIT)
+    hits = hits_cum[last] - hits_cum[alloc]
+    last_stored = np.maximum.accumulate(np.where(kind == _STORED, idx, -1))[last]
+    has_stored = last_stored > alloc
+    released = np.where(ended, released_before[end_at], released_after[last])
+    end_ns = t[end_at]
+    evicted = ended & (kind[end_at] == _EVICT)
+    end = np.array(["open", "reallocated", "reset", "evicted"], dtype=object)[reallocated + 2 * ended + evicted]
+    alloc_ns = t[alloc]
+
+    # rows as the log closes them (ends in log order; lives a reset ends in allocation order), then the open ones
+    alloc_place = place[alloc]
+    order_closed = np.lexsort((alloc_place, place[end_at]))
+    still_open = np.flatnonzero(~closed)
+    rows = np.concatenate(
+        [order_closed[closed[order_closed]], still_open[np.argsort(alloc_place[still_open], kind="stable")]]
+    )
+    has_released = released[rows] >= 0
+    shut = closed[rows]
+    return pd.DataFrame({
+        "block_id": block[alloc][rows],
+        "alloc_ns": alloc_ns[rows],
+        "stored_ns": int_or_null(t[np.maximum(last_stored, 0)][rows], has_stored[rows]),
+        "released_ns": int_or_null(released[rows], has_released),
+        "end_ns": int_or_null(end_ns[rows], shut),
+        "end": end[rows].tolist(),
+        "hits": hits[rows],
+        "lifetime_ns": int_or_null(end_ns[rows] - alloc_ns[rows], shut),
+        "idle_before_evict_ns": int_or_null(end_ns[rows] - released[rows], evicted[rows] & has_released),
+    }, columns=cols)  # fmt: skip
 
 
 def reuse_gaps(kv: pd.DataFrame) -> pd.DataFrame:
     """Time between consecutive accesses of a block's content: its allocation, then every prefix hit."""
-    last: dict[int, int] = {}
-    rows = []
-    for e in _records(kv):
-        op, t = e["op"], e["t_ns"]
-        if op in ("allocate", "append"):
-            for b in e["block_ids"]:
-                last[b] = t
-        elif op == "hit":
-            for b in e["block_ids"]:
-                if b in last:
-                    rows.append((b, last[b], t, t - last[b]))
-                last[b] = t
-        elif op == "evict":
-            for b in e["block_ids"]:
-                last.pop(b, None)
-    return pd.DataFrame(rows, columns=["block_id", "prev_access_ns", "t_ns", "gap_ns"])
+    cols = ["block_id", "prev_access_ns", "t_ns", "gap_ns"]
+    kv = _frame(kv)
+    e = _block_events(kv, ("allocate", "append", "hit", "evict"))
+    if not (e["kind"] == _HIT).any():
+        return pd.DataFrame([], columns=cols)
+    order, bounds = group_order(e["block"], int(e["block"].max()) + 1, e["place"])
+    kind, block, t = e["kind"][order], e["block"][order], e["t_ns"][order]
+    # a hit whose block was accessed before (allocation or hit) and not evicted since
+    gap = np.zeros(len(kind), dtype=bool)
+    gap[1:] = (kind[1:] == _HIT) & (kind[:-1] != _EVICT)
+    starts = bounds[:-1]
+    gap[starts[starts < len(kind)]] = False
+    at = np.flatnonzero(gap)
+    at = at[np.argsort(order[at], kind="stable")]  # in log order
+    prev, now = t[at - 1], t[at]
+    return pd.DataFrame(
+        {"block_id": block[at], "prev_access_ns": prev, "t_ns": now, "gap_ns": now - prev}, columns=cols
+    )
+
+
+def _codes_in(values: pd.Series, index: pd.Index) -> np.ndarray:
+    """The position in ``index`` of each value (-1: absent), looking up each distinct value once."""
+    codes, uniques = pd.factorize(values)
+    return np.append(index.get_indexer(uniques), -1)[codes]
 
 
 def internal_fragmentation(kv: pd.DataFrame, requests: pd.DataFrame, tokens: pd.DataFrame,
                            block_size: int | None = None) -> pd.DataFrame:  # fmt: skip
     """Per step, after it: slots allocated to running requests, slots holding KV (prompt + outputs - 1:
     the newest token has no KV yet), and the difference, the unused slots of partly filled blocks.
-    During a chunked prefill the KV held is overestimated, so the unused slots are clipped at zero."""
+    During a chunked prefill the KV held is overestimated, so the unused slots are clipped at zero.
+
+    A request's share of a step's totals changes only at its block ops and its tokens: the totals are
+    cumulative sums, by step, of those changes (a step's block ops apply before its tokens)."""
+    cols = ["step", "allocated_slots", "used_slots", "unused_slots", "unused_fraction"]
     bs = block_size or block_size_of(kv)
-    prompt = requests[requests["event"] == "arrival"].set_index("request_id")["prompt_len"].to_dict()
-    held: dict[str, int] = {}
-    out_tokens: dict[str, int] = {}
-    kv_by_step = {s: g for s, g in kv[kv["step"].notna()].groupby("step")}
-    tok_by_step = tokens.groupby("step")["request_id"].apply(list).to_dict() if len(tokens) else {}
-    rows = []
-    for step in sorted(set(kv_by_step) | set(tok_by_step)):
-        for e in kv_by_step[step].to_dict("records") if step in kv_by_step else ():
-            rid = e["request_id"]
-            if e["op"] in ACCESS_OPS and rid is not None:
-                held[rid] = held.get(rid, 0) + len(e["block_ids"])
-            elif e["op"] in RELEASE_OPS:
-                held.pop(rid, None)
-        for rid in tok_by_step.get(step, ()):
-            out_tokens[rid] = out_tokens.get(rid, 0) + 1
-        allocated = used = 0
-        for rid, blocks in held.items():
-            if rid not in prompt:
-                continue
-            slots = blocks * bs
-            kv_tokens = min(slots, prompt[rid] + out_tokens.get(rid, 0) - 1)
-            allocated += slots
-            used += kv_tokens
-        unused = max(allocated - used, 0)
-        rows.append((int(step), allocated, used, unused, unused / allocated if allocated else None))
-    return pd.DataFrame(rows, columns=["step", "allocated_slots", "used_slots", "unused_slots", "unused_fraction"])
+    arrivals = requests[(requests["event"] == "arrival") & requests["request_id"].notna()]
+    prompts = arrivals.drop_duplicates("request_id", keep="last").set_index("request_id")["prompt_len"]
+    kv = kv[["step", "op", "request_id", "block_ids"]]
+    kv = kv[kv["step"].notna()]
+    kv_steps = kv["step"].to_numpy(np.int64)
+    tok_steps = tokens["step"].to_numpy(np.int64)
+    if not len(kv_steps) + len(tok_steps):
+        return pd.DataFrame([], columns=cols)
+    first_step = int(min(kv_steps.min(initial=2**62), tok_steps.min(initial=2**62)))
+    span = int(max(kv_steps.max(initial=-(2**62)), tok_steps.max(initial=-(2**62)))) - first_step + 1
+    present = np.zeros(span, dtype=bool)
+    present[kv_steps - first_step] = True
+    present[tok_steps - first_step] = True
+    steps = np.flatnonzero(present)  # the steps reported, from first_step
+
+    # block ops of requests that arrived, in the order they apply (by step, then as logged):
+    # blocks held after each, the blocks taken since the request's last release
+    op = kv["op"]
+    release = op.isin(RELEASE_OPS).to_numpy()
+    code = _codes_in(kv["request_id"], prompts.index)
+    rows = np.flatnonzero((op.isin(ACCESS_OPS).to_numpy() | release) & (code >= 0))
+    _, lengths = _explode(kv["block_ids"].iloc[rows])
+    order, kb = group_order(code[rows], len(prompts), kv_steps[rows])
+    k_code, k_step, k_release = code[rows][order], kv_steps[rows][order], release[rows][order]
+    k_delta = np.where(k_release, 0, lengths[order])
+    start = k_release.copy()
+    start[kb[:-1][np.diff(kb) > 0]] = True
+    cum = np.cumsum(k_delta)
+    held = cum - (cum - k_delta)[start][np.cumsum(start) - 1]
+    last = np.ones(len(k_code), dtype=bool)  # the state after a (request, step) is its last op's
+    key = k_code * span + (k_step - first_step)
+    last[:-1] = key[1:] != key[:-1]
+    k_key, k_code, k_hold, k_held = key[last], k_code[last], ~k_release[last], held[last]
+
+    k_step = k_key - k_code * span
+
+    # tokens of requests that arrived, by request then step; a request's outputs after each of its op points
+    code = _codes_in(tokens["request_id"], prompts.index)
+    order, tb = group_order(code, len(prompts), tok_steps)
+    t_step = tok_steps[order] - first_step
+    t_key = code[order] * span + t_step
+    outs_to = np.searchsorted(t_key, k_key, side="right")  # tokens up to (request, step), all requests before
+    k_out = outs_to - tb[k_code]
+
+    # a request's share after an op point: slots = blocks x block_size, KV = min(slots, prompt + outputs - 1).
+    # Until its next op point its slots stay; each token adds one slot of KV until KV reaches the slots.
+    prompt = prompts.to_numpy(np.float64)[k_code]
+    slots = np.where(k_hold, k_held * bs, 0)
+    room = np.where(np.isnan(prompt), -np.inf, slots - (prompt + k_out - 1))  # no prompt: min() keeps the slots
+    kv_now = np.where(k_hold, slots - np.maximum(room, 0), 0.0)
+    next_same = np.zeros(len(k_key), dtype=bool)
+    next_same[:-1] = k_code[1:] == k_code[:-1]
+    seg_end = np.where(next_same, np.searchsorted(t_key, np.append(k_key[1:], 0), side="left"), tb[k_code + 1])
+    growing = np.where(k_hold, np.minimum(seg_end - outs_to, np.maximum(room, 0)), 0).astype(np.int64)
+    kv_end = kv_now + growing  # the share just before the request's next op point
+    # changes by step: at op points from the request's share before (the end of its last segment) ...
+    d_slots = slots.astype(np.float64)
+    d_slots[1:] -= np.where(next_same[:-1], slots[:-1], 0)
+    d_used = kv_now.copy()
+    d_used[1:] -= np.where(next_same[:-1], kv_end[:-1], 0.0)
+    # ... and +1 at the step of each token that grew a share: the first `growing` tokens after an op point
+    mark = np.zeros(len(t_key) + 1, dtype=np.int64)
+    np.add.at(mark, outs_to, 1)
+    np.add.at(mark, outs_to + growing, -1)
+    grew = np.cumsum(mark[:-1]) > 0
+    allocated = np.bincount(k_step, weights=d_slots, minlength=span)
+    used = np.bincount(k_step, weights=d_used, minlength=span) + np.bincount(t_step[grew], minlength=span)
+    allocated = np.rint(np.cumsum(allocated)[steps]).astype(np.int64)
+    used = np.rint(np.cumsum(used)[steps])
+    if prompts.dtype.kind != "f":
+        used = used.astype(np.int64)
+    unused = np.maximum(allocated - used, 0)
+    fraction = np.where(allocated > 0, unused / np.maximum(allocated, 1), np.nan)
+    return pd.DataFrame({
+        "step": steps + first_step, "allocated_slots": allocated, "used_slots": used, "unused_slots": unused,
+        "unused_fraction": fraction if (allocated > 0).any() else np.full(len(steps), None, dtype=object),
+    }, columns=cols)  # fmt: skip
 
 
 def preemptions(kv: pd.DataFrame) -> pd.DataFrame:
