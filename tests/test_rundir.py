@@ -77,6 +77,19 @@ def test_frames_are_the_same_from_parquet_and_from_the_journal(run_dir, tmp_path
     assert list(some.columns) == ["step", "dur_ns"] and some.equals(run.frame("steps")[["step", "dur_ns"]])
 
 
+def test_list_columns_can_stay_in_arrow_with_the_same_values(run_dir, tmp_path):
+    for run in (open_run(run_dir), open_run(journal_only(run_dir, tmp_path))):
+        python, arrow = run.frame("kv_events"), run.frame("kv_events", lists="arrow")
+        for column in ("block_ids", "block_hashes", "parent_block_hashes", "ref_counts", "token_ids"):
+            assert isinstance(arrow[column].dtype, pd.ArrowDtype), column
+            as_lists = [None if v is pd.NA else v for v in arrow[column].tolist()]
+            assert as_lists == python[column].tolist(), column  # exact 64-bit hashes, nulls where they were
+        assert arrow["state"].equals(python["state"])  # json columns are parsed either way
+        pd.testing.assert_frame_equal(python[["t_ns", "step", "op", "num_used"]], arrow[["t_ns", "step", "op", "num_used"]])
+    with pytest.raises(ValueError, match="lists='rows'"):
+        open_run(run_dir).frame("kv_events", lists="rows")
+
+
 def test_a_run_cut_off_mid_write_still_opens(run_dir, tmp_path):
     copy = journal_only(run_dir, tmp_path)
     manifest = json.loads((copy / "manifest.json").read_text())

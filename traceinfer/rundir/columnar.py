@@ -3,8 +3,11 @@
 One conversion serves both ways a stream is read, so a frame is the same whether it came from the
 Parquet file of a closed run or from the journal of a run that was cut off: scalar columns as pandas
 converts Arrow (int64, float64 with NaN for null ints, object for text and nullable bools), list
-columns as Python lists (exact 64-bit hashes, nulls as None), json columns parsed. pyarrow and pandas
-are imported here, never by the rest of traceinfer.rundir.
+columns as Python lists (exact 64-bit hashes, nulls as None), json columns parsed. ``lists="arrow"``
+keeps list columns as Arrow-backed columns instead (``pd.ArrowDtype``, no copy; an element still reads
+as a Python list, a null as ``pd.NA``): converting millions of lists to Python objects costs seconds and
+gigabytes, and analyzers that work on whole columns (``traceinfer.analysis.kv``) take either form.
+pyarrow and pandas are imported here, never by the rest of traceinfer.rundir.
 """
 
 from __future__ import annotations
@@ -70,12 +73,20 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
     return pq.read_table(path, columns=columns)
 
 
-def to_frame(schema: StreamSchema, table: pa.Table) -> pd.DataFrame:
+LIST_FORMS = ("python", "arrow")
+
+
+def to_frame(schema: StreamSchema, table: pa.Table, lists: str = "python") -> pd.DataFrame:
     """A table of ``schema``'s columns (or some of them) as a DataFrame (see the module docstring)."""
+    if lists not in LIST_FORMS:
+        raise ValueError(f"lists={lists!r}: one of {', '.join(LIST_FORMS)}")
     types = {c.name: c.type for c in schema.columns}
     python = [n for n in table.column_names if types[n] in _AS_PYTHON]
     frame = table.drop_columns(python).to_pandas() if len(python) < table.num_columns else pd.DataFrame(index=range(table.num_rows))
     for name in python:
+        if lists == "arrow" and types[name] != "json":
+            frame[name] = pd.Series(pd.arrays.ArrowExtensionArray(table.column(name)), index=frame.index)
+            continue
         values = table.column(name).to_pylist()
         if types[name] == "json":
             values = [None if v is None else json.loads(v) for v in values]

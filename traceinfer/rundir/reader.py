@@ -116,9 +116,11 @@ class Run:
         path = self.path / entry["parquet"] if entry.get("parquet") else None
         return path if path is not None and path.exists() else None
 
-    def frame(self, name: str, columns: list[str] | None = None) -> pd.DataFrame:
+    def frame(self, name: str, columns: list[str] | None = None, lists: str = "python") -> pd.DataFrame:
         """Stream ``name`` as a DataFrame with the schema's columns (or ``columns``), one row per event;
-        empty, with those columns, when the run has no such stream."""
+        empty, with those columns, when the run has no such stream. List columns hold Python lists, or
+        with ``lists="arrow"`` stay Arrow-backed (much faster to read on a long run; see
+        ``rundir.columnar``)."""
         from traceinfer.rundir import columnar
 
         schema = stream(name)
@@ -132,7 +134,7 @@ class Run:
             table = columnar.table_from_rows(schema, iter_stream(self.path, name))
             if columns is not None:
                 table = table.select(columns)
-        return columnar.to_frame(schema, table)
+        return columnar.to_frame(schema, table, lists)
 
     def rows(self, name: str) -> Iterator[tuple]:
         """Stream ``name``'s journal, one tuple per event in the schema's column order."""
