@@ -43,7 +43,7 @@ def test_precedence_defaults_toml_env_options(tmp_path):
         ("[engine]\ndtype = 'fp8'\n", {}, "engine.dtype from .* must be one of 'auto', 'float32'"),
         ("[engnie]\nblock_size = 3\n", {}, r"unknown section \[engnie\]; sections: engine, workload, probes"),
         ("block_size = 3\n[engine]\n", {}, r"key 'block_size' is outside any section; put it under one of \[engine\]"),
-        ("[report]\nformat = 'md'\n", {}, "unknown key report.format; known: none yet"),
+        ("[report]\nformat = 'md'\n", {}, "unknown key report.format; known: formats"),
         ("[engine]\n", {"TRACEINFER_ENGINE_ENFORCE_EAGER": "maybe"}, "engine.enforce_eager from TRACEINFER_ENGINE_ENFORCE_EAGER"),
         ("[engine]\n", {"TRACEINFER_ENGNIE_BLOCK_SIZE": "3"}, "TRACEINFER_ENGNIE_BLOCK_SIZE: unknown section"),
         ("[engine]\n", {"TRACEINFER_ENGINE_BLOK_SIZE": "3"}, "unknown key engine.blok_size"),

@@ -194,7 +194,10 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """[report]: reports of a run directory. Holds nothing yet: the report command lands with its issue."""
+    """[report]: the performance report ``profile`` writes at the end of a run (``traceinfer report`` too)."""
+
+    formats: str = option("md,html,json", "the report's formats, a comma list of md, html, json; none: no report",
+                          flag="report-formats")  # fmt: skip
 
 
 @dataclass(frozen=True)

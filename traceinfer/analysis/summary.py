@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from traceinfer.analysis import kv, requests, steps
+from traceinfer.analysis import kv, steps
+from traceinfer.analysis.derived import Derived
 from traceinfer.analysis.latency import summarize
 
 STAGE_COLUMNS = ("schedule", "prepare", "forward", "sample", "postprocess")
@@ -95,8 +96,10 @@ def graph_coverage(step_rows: pd.DataFrame) -> dict:
     }
 
 
-def run_summary(manifest: dict, frames: dict[str, pd.DataFrame]) -> RunSummary:
-    """The summary of a run from its manifest and stream frames (a frame may be missing or empty)."""
+def run_summary(manifest: dict, frames: dict[str, pd.DataFrame], derived: Derived | None = None) -> RunSummary:
+    """The summary of a run from its manifest and stream frames (a frame may be missing or empty);
+    ``derived``: the run's analyzer tables when the caller shares them (a report does)."""
+    d = derived or Derived(frames)
     results = manifest.get("results") or {}
     wall_ns = results["seconds"] * 1e9 if results.get("seconds") else None
     out = RunSummary(
@@ -113,15 +116,15 @@ def run_summary(manifest: dict, frames: dict[str, pd.DataFrame]) -> RunSummary:
         handover=manifest.get("handover"),
     )
     if not _empty(frames, "requests") and "tokens" in frames:
-        metrics = requests.request_metrics(frames["requests"], frames["tokens"])
-        itl = requests.inter_token_latencies(frames["tokens"]) if not frames["tokens"].empty else None
+        metrics = d.request_metrics
+        itl = d.inter_token_latencies if not frames["tokens"].empty else None
         out.latency_ms = {
-            "ttft": summarize(metrics["ttft_ms"].tolist()),
-            "itl": summarize(itl["itl_ms"].tolist() if itl is not None else []),
-            "e2e": summarize(metrics["e2e_ms"].tolist()),
-            "queue": summarize(metrics["queue_ms"].tolist()),
+            "ttft": summarize(metrics["ttft_ms"]),
+            "itl": summarize(itl["itl_ms"] if itl is not None else []),
+            "e2e": summarize(metrics["e2e_ms"]),
+            "queue": summarize(metrics["queue_ms"]),
         }
-        hits = kv.prefix_hits(frames["requests"], frames["tokens"])
+        hits = d.prefix_hits
         out.prefix_hit_rate = kv.hit_rate(hits)
         out.prefix_query_tokens = int(hits["query_tokens"].sum())
     if not _empty(frames, "steps"):

@@ -18,6 +18,8 @@ from traceinfer.errors import TraceinferError
 #: subcommand -> module under traceinfer.cli, in the order --help lists them
 COMMANDS: dict[str, str] = {
     "profile": "profile",
+    "report": "report",
+    "diff": "diff",
     "flamegraph": "flamegraph",
     "bench": "bench",
     "workloads": "workloads",

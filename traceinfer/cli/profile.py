@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from traceinfer.cli import options
+from traceinfer.cli.report import parse_formats
 from traceinfer.errors import ConfigError, TraceinferError
 
 HELP = "run a workload with probes and write a run directory"
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probes = f"{' | '.join(PRESETS)} | a comma list of: {', '.join(PROBES)}"
     options.add_section(parser, "probes", helps={"select": probes})
     options.add_section(parser, "output")
+    options.add_section(parser, "report")
     options.add_section(parser, "engine")
 
 
@@ -79,6 +81,7 @@ def _profile(args: argparse.Namespace) -> int:
 
     config = options.load(args)
     names = resolve_probes(config.probes.selection)  # bad input fails before the model loads
+    parse_formats(config.report.formats, "--report-formats", allow_none=True)
     device = dev.resolve_device(config.engine.device)
     on_cuda = device.type == "cuda"
     engine_config = dataclasses.replace(config.engine, device=str(device), model=dev.resolve_model(config.engine.model, device))
@@ -216,9 +219,17 @@ def _finish(args, config, llm, workload, names, out: Path, final: dict, result, 
         update_manifest(out, overhead=overhead)
         print(describe_overhead(overhead))
     graphs = _flamegraphs(run_dir)
+    reports = []
+    report_formats = parse_formats(config.report.formats, "--report-formats", allow_none=True)  # checked at the start
+    if report_formats:
+        from traceinfer.cli.report import print_findings, write_reports
+
+        report, reports = write_reports(open_run(out), report_formats, out)  # the manifest has grown
+        print()
+        print_findings(report)
     if warning:
         print(warning)
-    _print_files(out, final, trace, graphs)
+    _print_files(out, final, trace, graphs, reports)
     return 0
 
 
@@ -278,13 +289,17 @@ def _results(result) -> dict:
     }
 
 
-def _print_files(out: Path, manifest: dict, trace: Path | None, graphs: list[Path] = ()) -> None:
+def _print_files(out: Path, manifest: dict, trace: Path | None, graphs: list[Path] = (), reports: list[Path] = ()) -> None:
     """Every artifact of the run and how to open it."""
     streams = manifest.get("streams", {})
     cpu = manifest.get("engine", {}).get("device") == "cpu"
     for name, d in manifest.get("probes", {}).get("details", {}).items():
         if d.get("reason") and not d["available"] and not (cpu and name == "nvtx"):  # NVTX marks GPU timelines
             print(f"probe {name} absent: {d['reason']}")
+    if reports:
+        html = next((p for p in reports if p.suffix == ".html"), reports[0])
+        print(f"\nreport     {', '.join(str(p) for p in reports)}")
+        print(f"           start here: {'open file://' + str(html.resolve()) + ' in a browser' if html.suffix == '.html' else html}")
     print(f"\nmanifest   {out / 'manifest.json'}")
     if streams:
         parquet = all(s.get("parquet") for s in streams.values())

@@ -287,6 +287,8 @@ def markdown() -> str:
         "| `flamegraphs/` | flame graphs (`cpu.svg`, `cpu.<phase>.svg`, `threads.svg`, `gpu.svg`, `memory.svg`, ...) "
         "written by `profile` and `traceinfer flamegraph` |",
         f"| `{MEMORY_SNAPSHOT}` | optional `torch.cuda.memory` snapshot (https://pytorch.org/memory_viz) |",
+        "| `report.md`, `report.html`, `report.json` | the performance report, written by `profile` and `traceinfer "
+        "report` (`report.<topic>.md`: a deep dive; `diff.md`: `traceinfer diff` against another run) |",
         "",
         "Read a run with `traceinfer.open_run(path)`: `.manifest`, `.streams`, `.frame(name)` (a pandas "
         "DataFrame, one row per event, from the Parquet file when the run closed, else from the journal). "
