@@ -88,7 +88,7 @@ def ref_request_metrics(req, tok):
 def ref_inter_token_latencies(tok):
     t_sorted = tok.sort_values(["request_id", "index"], kind="stable")
     prev = t_sorted.groupby("request_id")["t_ns"].shift()
-    out = t_sorted.assign(itl_ms=(t_sorted["t_ns"] - prev) / 1e6)[["request_id", "index", "t_ns", "itl_ms"]]
+    out = t_sorted.assign(itl_ms=(t_sorted["t_ns"] - prev) / 1e6)[["request_id", "index", "step", "t_ns", "itl_ms"]]
     return out[out["itl_ms"].notna()].reset_index(drop=True)
 
 

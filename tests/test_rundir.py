@@ -86,8 +86,13 @@ def test_list_columns_can_stay_in_arrow_with_the_same_values(run_dir, tmp_path):
             assert as_lists == python[column].tolist(), column  # exact 64-bit hashes, nulls where they were
         assert arrow["state"].equals(python["state"])  # json columns are parsed either way
         pd.testing.assert_frame_equal(python[["t_ns", "step", "op", "num_used"]], arrow[["t_ns", "step", "op", "num_used"]])
+        cat = run.frame("tokens", categorical=("request_id",))
+        assert isinstance(cat["request_id"].dtype, pd.CategoricalDtype)
+        assert cat["request_id"].astype(str).tolist() == run.frame("tokens")["request_id"].tolist()
     with pytest.raises(ValueError, match="lists='rows'"):
         open_run(run_dir).frame("kv_events", lists="rows")
+    with pytest.raises(ValueError, match="only text"):
+        open_run(run_dir).frame("tokens", categorical=("step",))
 
 
 def test_a_run_cut_off_mid_write_still_opens(run_dir, tmp_path):

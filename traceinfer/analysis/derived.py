@@ -10,10 +10,15 @@ seconds of work over millions of rows, so one ``Derived`` per run computes each 
 
 Each property assumes its input streams are present and non-empty; callers check first, as they would
 before calling the analyzer itself. The frames must not change while a ``Derived`` holds them.
+
+``prefetch()`` computes every table the frames allow, the KV log's and the tokens' in two threads: the
+analyzers spend most of their time in numpy and Arrow, which release the GIL, so on two cores the pair
+takes about the time of the longer (measured on a 10M-token run: docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 import pandas as pd
@@ -21,9 +26,33 @@ import pandas as pd
 from traceinfer.analysis import kv, requests
 
 
+#: the tables of each thread of ``prefetch``, and the streams each needs
+KV_TABLES = ("block_lives", "reuse_gaps", "internal_fragmentation")
+TOKEN_TABLES = ("request_metrics", "prefix_hits", "inter_token_latencies")  # the largest table last
+NEEDS = {"request_metrics": ("requests", "tokens"), "inter_token_latencies": ("tokens",),
+         "prefix_hits": ("requests", "tokens"), "block_lives": ("kv_events",), "reuse_gaps": ("kv_events",),
+         "internal_fragmentation": ("kv_events", "requests", "tokens")}  # fmt: skip
+
+
 class Derived:
     def __init__(self, frames: dict[str, pd.DataFrame]) -> None:
         self.frames = frames
+
+    def available(self, table: str) -> bool:
+        """Whether the frames hold what ``table`` is computed from (each stream present and not empty)."""
+        return all(name in self.frames and not self.frames[name].empty for name in NEEDS[table])
+
+    def prefetch(self, threads: int = 2) -> Derived:
+        """Compute every available table now, the KV log's and the tokens' side by side."""
+        groups = [[t for t in group if self.available(t)] for group in (KV_TABLES, TOKEN_TABLES)]
+        if threads < 2:
+            for table in groups[0] + groups[1]:
+                getattr(self, table)
+            return self
+        with ThreadPoolExecutor(min(threads, 2), thread_name_prefix="traceinfer-derived") as pool:
+            for future in [pool.submit(lambda g=g: [getattr(self, t) for t in g]) for g in groups]:
+                future.result()
+        return self
 
     @cached_property
     def request_metrics(self) -> pd.DataFrame:

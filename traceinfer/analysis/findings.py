@@ -25,6 +25,7 @@ from typing import Literal
 
 import pandas as pd
 
+from traceinfer.analysis.derived import Derived
 from traceinfer.analysis.phases import phase_at
 
 Severity = Literal["high", "medium", "low", "info"]
@@ -46,13 +47,18 @@ class Finding:
 
 @dataclass
 class RunData:
-    """What the rules read: the manifest, the stream frames (a missing stream is an empty frame) and the
-    run's wall time."""
+    """What the rules read: the manifest, the stream frames (a missing stream is an empty frame), the
+    run's wall time, and the analyzers' tables of those frames (shared with the report's sections)."""
 
     manifest: dict
     frames: dict[str, pd.DataFrame]
     wall_s: float
     extras: dict = field(default_factory=dict)
+    derived: Derived | None = None
+
+    def __post_init__(self) -> None:
+        if self.derived is None:
+            self.derived = Derived(self.frames)
 
     def frame(self, name: str) -> pd.DataFrame:
         return self.frames.get(name, pd.DataFrame())
@@ -175,14 +181,12 @@ def gc_pauses(d: RunData) -> Finding | None:
                 "source": "gc.dur_ns, gc.step"}  # fmt: skip
     if not steps.empty and not tokens.empty:
         hit = set(gc.loc[gc["in_step"].fillna(False).astype(bool), "step"].dropna().astype(int))
-        itl = tokens.sort_values(["request_id", "index"]).assign(
-            itl=lambda t: t.groupby("request_id")["t_ns"].diff())  # fmt: skip
-        itl = itl[itl["itl"].notna()]
-        with_gc = itl[itl["step"].isin(hit)]["itl"]
-        without = itl[~itl["step"].isin(hit)]["itl"]
-        evidence.update(itl_p99_ms=_ms(itl["itl"].quantile(0.99)) if len(itl) else None,
-                        itl_p99_without_gc_steps_ms=_ms(without.quantile(0.99)) if len(without) else None,
-                        itl_median_in_gc_steps_ms=_ms(with_gc.median()) if len(with_gc) else None)  # fmt: skip
+        itl = d.derived.inter_token_latencies
+        in_gc = itl["step"].isin(hit)
+        with_gc, without = itl.loc[in_gc, "itl_ms"], itl.loc[~in_gc, "itl_ms"]
+        evidence.update(itl_p99_ms=float(itl["itl_ms"].quantile(0.99)) if len(itl) else None,
+                        itl_p99_without_gc_steps_ms=float(without.quantile(0.99)) if len(without) else None,
+                        itl_median_in_gc_steps_ms=float(with_gc.median()) if len(with_gc) else None)  # fmt: skip
     return Finding(
         "gc_pauses",
         f"Garbage collection paused the engine {len(gc)} times, {1e3 * pause_s:.0f} ms in all",

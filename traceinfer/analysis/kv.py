@@ -249,24 +249,27 @@ def block_lives(kv: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame([], columns=cols)
     # each block's events in log order
     order, bounds = group_order(e["block"], int(e["block"].max()) + 1, e["place"])
-    kind, block, t, place = (e[k][order] for k in ("kind", "block", "t_ns", "place"))
+    kind, block, t, place = (e.pop(k)[order] for k in ("kind", "block", "t_ns", "place"))
+    del order  # a long log has millions of events: hold as few arrays of them at once as we can
     n = len(kind)
     idx = np.arange(n)
-    sizes = np.diff(bounds)
-    block_start = np.repeat(bounds[:-1], sizes)
-    block_end = np.repeat(bounds[1:], sizes)  # exclusive end of each event's block
 
     # a life starts at each allocation and runs to the next allocation of the block, or the block's end
     is_alloc = kind == _ALLOC
     alloc = np.flatnonzero(is_alloc)
     next_alloc = np.append(alloc[1:], n)
-    seg_end = np.minimum(next_alloc, block_end[alloc])
+    alloc_block_end = bounds[np.searchsorted(bounds, alloc, side="right")]  # exclusive end of the block's events
+    seg_end = np.minimum(next_alloc, alloc_block_end)
     life = np.cumsum(is_alloc) - 1  # the life an event falls in (valid from its block's first allocation)
-    in_life = np.maximum.accumulate(np.where(is_alloc, idx, -1)) >= block_start
+    last_alloc = np.maximum.accumulate(np.where(is_alloc, idx, -1))
+    in_life = last_alloc >= 0
+    in_life[in_life] = block[last_alloc[in_life]] == block[in_life]  # the last allocation was of this block
+    del last_alloc
     # released_ns before each event: set by a release to zero, cleared by a hit (and by the allocation)
     marker = (kind == _RELEASE) | (kind == _HIT) | is_alloc
     last_marker = np.maximum.accumulate(np.where(marker, idx, 0))
     released_after = np.where(kind[last_marker] == _RELEASE, t[last_marker], -1)  # -1: none
+    del marker, last_marker
     released_before = np.empty(n, dtype=np.int64)
     released_before[0] = -1
     released_before[1:] = released_after[:-1]
@@ -278,14 +281,16 @@ def block_lives(kv: pd.DataFrame) -> pd.DataFrame:
         first = np.ones(len(ends_at), dtype=bool)
         first[1:] = lives_ended[1:] != lives_ended[:-1]
         first_end[lives_ended[first]] = ends_at[first]
+    del in_life, life
     ended = first_end >= 0
-    reallocated = ~ended & (next_alloc < block_end[alloc])
+    reallocated = ~ended & (next_alloc < alloc_block_end)
     closed = ended | reallocated
     end_at = np.where(ended, first_end, np.minimum(next_alloc, n - 1))  # the event that closes the life
     last = np.where(ended, first_end, seg_end) - 1  # the life's last event before it closes
 
     hits_cum = np.cumsum(kind == _HIT)
     hits = hits_cum[last] - hits_cum[alloc]
+    del hits_cum
     last_stored = np.maximum.accumulate(np.where(kind == _STORED, idx, -1))[last]
     has_stored = last_stored > alloc
     released = np.where(ended, released_before[end_at], released_after[last])

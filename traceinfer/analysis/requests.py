@@ -177,8 +177,8 @@ def request_metrics(requests: pd.DataFrame, tokens: pd.DataFrame) -> pd.DataFram
 
 
 def inter_token_latencies(tokens: pd.DataFrame) -> pd.DataFrame:
-    """Every inter-token gap: request_id, index (of the later token), t_ns, itl_ms; in (request_id, index)
-    order."""
+    """Every inter-token gap: request_id, index and step (of the later token), t_ns, itl_ms; in
+    (request_id, index) order."""
     runs = token_runs(tokens, "index", sort_ids=True)
     t = tokens["t_ns"].to_numpy()[runs.order]
     later = np.ones(len(t), dtype=bool)  # a token with one before it in its request
@@ -186,7 +186,7 @@ def inter_token_latencies(tokens: pd.DataFrame) -> pd.DataFrame:
     itl = np.full(len(t), np.nan)
     itl[1:] = (t[1:] - t[:-1]) / 1e6
     later &= ~np.isnan(itl)  # a token without a time has no gap
-    out = tokens[["request_id", "index", "t_ns"]].iloc[runs.order[later]].reset_index(drop=True)
+    out = tokens[["request_id", "index", "step", "t_ns"]].iloc[runs.order[later]].reset_index(drop=True)
     out["itl_ms"] = itl[later]
     return out
 

@@ -69,18 +69,27 @@ def write_parquet(schema: StreamSchema, rows: Iterable[tuple], path: str | Path)
     return table.num_rows
 
 
-def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    return pq.read_table(path, columns=columns)
+def read_parquet(path: str | Path, columns: list[str] | None = None, categorical: tuple[str, ...] = ()) -> pa.Table:
+    """The Parquet file's table; ``categorical`` text columns read dictionary-encoded, as Parquet stores them."""
+    return pq.read_table(path, columns=columns, read_dictionary=list(categorical) or None)
 
 
 LIST_FORMS = ("python", "arrow")
 
 
-def to_frame(schema: StreamSchema, table: pa.Table, lists: str = "python") -> pd.DataFrame:
-    """A table of ``schema``'s columns (or some of them) as a DataFrame (see the module docstring)."""
+def to_frame(schema: StreamSchema, table: pa.Table, lists: str = "python", categorical: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A table of ``schema``'s columns (or some of them) as a DataFrame (see the module docstring);
+    ``categorical`` text columns as pandas Categoricals (one code per row, each distinct string once)."""
     if lists not in LIST_FORMS:
         raise ValueError(f"lists={lists!r}: one of {', '.join(LIST_FORMS)}")
     types = {c.name: c.type for c in schema.columns}
+    wrong = [n for n in categorical if types.get(n) != "str"]
+    if wrong:
+        raise ValueError(f"categorical={wrong}: only text (str) columns can be categorical")
+    for name in categorical:
+        if name in table.column_names and not pa.types.is_dictionary(table.schema.field(name).type):
+            i = table.column_names.index(name)
+            table = table.set_column(i, name, table.column(name).dictionary_encode())
     python = [n for n in table.column_names if types[n] in _AS_PYTHON]
     frame = table.drop_columns(python).to_pandas() if len(python) < table.num_columns else pd.DataFrame(index=range(table.num_rows))
     for name in python:

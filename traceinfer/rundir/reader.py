@@ -116,10 +116,12 @@ class Run:
         path = self.path / entry["parquet"] if entry.get("parquet") else None
         return path if path is not None and path.exists() else None
 
-    def frame(self, name: str, columns: list[str] | None = None, lists: str = "python") -> pd.DataFrame:
+    def frame(self, name: str, columns: list[str] | None = None, lists: str = "python",
+              categorical: tuple[str, ...] = ()) -> pd.DataFrame:  # fmt: skip
         """Stream ``name`` as a DataFrame with the schema's columns (or ``columns``), one row per event;
         empty, with those columns, when the run has no such stream. List columns hold Python lists, or
-        with ``lists="arrow"`` stay Arrow-backed (much faster to read on a long run; see
+        with ``lists="arrow"`` stay Arrow-backed; ``categorical`` text columns (``request_id``) come as
+        pandas Categoricals. Both make a long run's frames much faster to read and smaller (see
         ``rundir.columnar``)."""
         from traceinfer.rundir import columnar
 
@@ -129,12 +131,13 @@ class Run:
             raise RunDirError(f"stream {name} has no column {', '.join(unknown)}; columns: {', '.join(schema.names)}")
         parquet = self._parquet(name)
         if parquet is not None:
-            table = columnar.read_parquet(parquet, columns)
+            present = tuple(c for c in categorical if columns is None or c in columns)
+            table = columnar.read_parquet(parquet, columns, present)
         else:
             table = columnar.table_from_rows(schema, iter_stream(self.path, name))
             if columns is not None:
                 table = table.select(columns)
-        return columnar.to_frame(schema, table, lists)
+        return columnar.to_frame(schema, table, lists, categorical)
 
     def rows(self, name: str) -> Iterator[tuple]:
         """Stream ``name``'s journal, one tuple per event in the schema's column order."""
