@@ -25,7 +25,6 @@ import pandas as pd
 
 from traceinfer.analysis import kv, requests
 
-
 #: the tables of each thread of ``prefetch``, and the streams each needs
 KV_TABLES = ("block_lives", "reuse_gaps", "internal_fragmentation")
 TOKEN_TABLES = ("request_metrics", "prefix_hits", "inter_token_latencies")  # the largest table last
