@@ -4,6 +4,7 @@ check after every test that it left nothing of traceinfer's running."""
 from __future__ import annotations
 
 import gc
+import shutil
 import threading
 import weakref
 
@@ -139,3 +140,22 @@ def prompts():
     """Mixed-length prompts of random token ids (vocab 512)."""
     g = torch.Generator().manual_seed(1234)
     return [torch.randint(0, 512, (n,), generator=g).tolist() for n in (5, 17, 33, 48, 64, 1, 16)]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium driven by selenium, for the tests of our HTML and SVG (skips, saying why, without it)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("browser tests need chromium and chromedriver (Debian: apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="browser tests need selenium (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    yield driver
+    driver.quit()
