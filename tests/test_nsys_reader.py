@@ -22,21 +22,7 @@ from traceinfer.ingest import read_nsys
 
 DATA = Path(__file__).parent / "data" / "nsys"
 MODES = ("node", "graph")
-#: our column -> nsys's csv header, per report
-HEADERS = {
-    "nvtx_sum": {"time_pct": "Time (%)", "total_ns": "Total Time (ns)", "instances": "Instances", "avg_ns": "Avg (ns)",
-                 "med_ns": "Med (ns)", "min_ns": "Min (ns)", "max_ns": "Max (ns)", "stddev_ns": "StdDev (ns)",
-                 "style": "Style", "range": "Range"},
-    "cuda_gpu_kern_sum": {"time_pct": "Time (%)", "total_ns": "Total Time (ns)", "instances": "Instances",
-                          "avg_ns": "Avg (ns)", "med_ns": "Med (ns)", "min_ns": "Min (ns)", "max_ns": "Max (ns)",
-                          "stddev_ns": "StdDev (ns)", "name": "Name"},
-    "nvtx_gpu_proj_sum": {"range": "Range", "style": "Style", "total_proj_ns": "Total Proj Time (ns)",
-                          "total_range_ns": "Total Range Time (ns)", "range_instances": "Range Instances",
-                          "proj_avg_ns": "Proj Avg (ns)", "proj_med_ns": "Proj Med (ns)", "proj_min_ns": "Proj Min (ns)",
-                          "proj_max_ns": "Proj Max (ns)", "proj_stddev_ns": "Proj StdDev (ns)",
-                          "total_gpu_ops": "Total GPU Ops", "avg_gpu_ops": "Avg GPU Ops", "avg_range_lvl": "Avg Range Lvl",
-                          "avg_num_child": "Avg Num Child"},
-}  # fmt: skip
+HEADERS = gpu_trace.NSYS_HEADERS
 
 
 def export(tmp_path_factory, mode: str) -> Path:

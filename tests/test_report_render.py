@@ -262,7 +262,7 @@ def test_a_run_with_no_stream_at_all_renders_every_section(run):
     empty = build_report(run.manifest, {}, str(run.path))
     assert [c.key for c in CHARTS if c.present(empty)] == []
     md = MarkdownReport(html_href=None).render(empty)
-    assert re.findall(r"^## (\d)\.", md, re.MULTILINE) == [str(n) for n in range(1, len(SECTIONS) + 1)]
+    assert re.findall(r"^## (\d+)\.", md, re.MULTILINE) == [str(n) for n in range(1, len(SECTIONS) + 1)]
     assert "not measured: the steps probe records every step's parts." in md
     page = Page(HtmlReport().render(empty))
     assert page.sections == [sid for sid, _ in SECTIONS] and not page.all("img")

@@ -57,3 +57,48 @@ def test_nvtx_ranges_reach_nsys_one_per_step_and_stage(tmp_path):
 
     kernels = nsys_stats("cuda_gpu_kern_sum", tmp_path / "cap.nsys-rep")
     assert sum(int(k["Instances"]) for k in kernels) > len(model_steps)  # the workload's kernels were captured
+
+
+def test_profile_nsys_reads_its_own_capture_into_the_run(tmp_path):
+    """`traceinfer profile --nsys`: relaunched under nsys with graph nodes traced, exported, read back; the
+    run's tables equal `nsys stats` on the same capture, and the report has the kernel-level GPU time."""
+    import json
+
+    import pandas as pd
+
+    from traceinfer.analysis import gpu_trace
+    from traceinfer.ingest import read_nsys
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "traceinfer.cli", "profile", "--nsys", "--workload", "chatbot", "--model",
+           "synthetic:tiny", "--num-requests", "8", "--overhead-passes", "0", "--out", str(run)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=420, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run / "nsys.nsys-rep").exists() and (run / "nsys.sqlite").exists() and (run / "nsys_stats.json").exists()
+    cap = read_nsys(run / "nsys.sqlite")
+    assert cap.graph_trace == "node" and not cap.warnings
+    for report in ("nvtx_sum", "cuda_gpu_kern_sum", "nvtx_gpu_proj_sum"):
+        want = pd.DataFrame(nsys_stats(report, run / "nsys.nsys-rep"))
+        got = getattr(gpu_trace, report)(cap).rename(columns=gpu_trace.NSYS_HEADERS[report])
+        key = "Name" if report == "cuda_gpu_kern_sum" else "Range"
+        w, g = want.set_index(key).sort_index(), got.set_index(key).sort_index()
+        assert w.index.tolist() == g.index.tolist(), report
+        for col in ("Total Time (ns)", "Instances", "Total Proj Time (ns)", "Total GPU Ops"):
+            if col in w:
+                assert [int(x) for x in w[col]] == [int(x) for x in g[col]], (report, col)
+    doc = json.loads((run / "report.json").read_text())
+    assert doc["gpu_trace"]["gpu_gaps"]["totals"]["busy_pct"] > 0
+    assert doc["gpu_trace"]["gpu_gaps"]["totals"]["run_offset_ns"] is not None
+    assert "nsys" in doc["use"][0]["utilization"]["text"]
+    assert (run / "flamegraphs" / "gpu.svg").exists()
+    assert "GPU time, kernel by kernel (nsys)" in (run / "report.md").read_text()
+    out = subprocess.run([sys.executable, "-m", "traceinfer.cli", "nsys-stats", str(run), "--report", "gpu_gaps"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "GC pause" in out.stdout or "probe work" in out.stdout, out.stdout + out.stderr
+
+
+def test_profile_nsys_names_a_missing_binary(tmp_path):
+    cmd = [sys.executable, "-m", "traceinfer.cli", "profile", "--nsys", "--nsys-path", "/no/such/nsys", "--model",
+           "synthetic:tiny", "--num-requests", "2", "--out", str(tmp_path / "run")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "/no/such/nsys" in proc.stderr and "Traceback" not in proc.stderr

@@ -425,5 +425,60 @@ def steps_at(cap: GpuCapture, times: np.ndarray) -> list:
     return [pay[i] if i >= 0 and t <= ends[i] and pay[i] is not pd.NA else None for i, t in zip(k.tolist(), times.tolist())]
 
 
-#: every table ``traceinfer nsys-stats --report`` knows
-REPORTS = ("nvtx_sum", "nvtx_gpu_proj_sum", "cuda_gpu_kern_sum", "gpu_gaps")
+#: our column -> the header ``nsys stats --format csv`` prints for it, per report
+NSYS_HEADERS: dict[str, dict[str, str]] = {
+    "nvtx_sum": {"time_pct": "Time (%)", "total_ns": "Total Time (ns)", "instances": "Instances", "avg_ns": "Avg (ns)",
+                 "med_ns": "Med (ns)", "min_ns": "Min (ns)", "max_ns": "Max (ns)", "stddev_ns": "StdDev (ns)",
+                 "style": "Style", "range": "Range"},
+    "cuda_gpu_kern_sum": {"time_pct": "Time (%)", "total_ns": "Total Time (ns)", "instances": "Instances",
+                          "avg_ns": "Avg (ns)", "med_ns": "Med (ns)", "min_ns": "Min (ns)", "max_ns": "Max (ns)",
+                          "stddev_ns": "StdDev (ns)", "name": "Name"},
+    "nvtx_gpu_proj_sum": {"range": "Range", "style": "Style", "total_proj_ns": "Total Proj Time (ns)",
+                          "total_range_ns": "Total Range Time (ns)", "range_instances": "Range Instances",
+                          "proj_avg_ns": "Proj Avg (ns)", "proj_med_ns": "Proj Med (ns)", "proj_min_ns": "Proj Min (ns)",
+                          "proj_max_ns": "Proj Max (ns)", "proj_stddev_ns": "Proj StdDev (ns)",
+                          "total_gpu_ops": "Total GPU Ops", "avg_gpu_ops": "Avg GPU Ops", "avg_range_lvl": "Avg Range Lvl",
+                          "avg_num_child": "Avg Num Child"},
+}  # fmt: skip
+
+
+def records(df: pd.DataFrame) -> list[dict]:
+    """Rows as JSON-ready dicts: times (``*_ns``) as integer nanoseconds, counts as ints, other numbers as
+    floats, missing values as None."""
+    out = []
+    cols = list(df.columns)
+    for row in df.itertuples(index=False, name=None):
+        rec = {}
+        for c, v in zip(cols, row):
+            if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+                rec[c] = None
+            elif c.endswith("_ns") or c in ("start", "end", "step"):
+                rec[c] = int(round(float(v)))
+            elif isinstance(v, (bool, np.bool_)):
+                rec[c] = bool(v)
+            elif isinstance(v, (int, np.integer)):
+                rec[c] = int(v)
+            elif isinstance(v, (float, np.floating)):
+                rec[c] = float(v)
+            else:
+                rec[c] = str(v)
+        out.append(rec)
+    return out
+
+
+def summary(cap: GpuCapture, steps: pd.DataFrame | None = None, gc: pd.DataFrame | None = None, top: int = 25) -> dict:
+    """Every table of the capture, JSON-ready, for a run directory's ``nsys_stats.json`` and the report:
+    the gaps' totals and split by phase, the longest gaps, and the first ``top`` rows of the other tables."""
+    gaps = gpu_gaps(cap, steps, gc)
+    return {
+        "source": cap.source, "graph_trace": cap.graph_trace, "schema_version": cap.meta.get("schema_version"),
+        "nsys_version": cap.meta.get("product_version"), "gpus": cap.meta.get("gpus"), "warnings": list(cap.warnings),
+        "counts": {"ranges": len(cap.ranges), "launches": len(cap.launches),
+                   "kernels": int((cap.gpu["kind"] == "kernel").sum()) if len(cap.gpu) else 0, "gpu_rows": len(cap.gpu)},
+        "gpu_gaps": {"totals": {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in gaps.totals.items()},
+                     "by_phase": records(gaps.by_phase),
+                     "longest": records(gaps.gaps.nlargest(top, "dur_ns"))},
+        "cuda_gpu_kern_sum": records(cuda_gpu_kern_sum(cap).head(top)),
+        "nvtx_gpu_proj_sum": records(nvtx_gpu_proj_sum(cap).head(top)),
+        "nvtx_sum": records(nvtx_sum(cap).head(top)),
+    }  # fmt: skip

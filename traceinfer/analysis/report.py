@@ -13,6 +13,7 @@ cost). ``series`` holds the binned time series and histograms the charts draw (n
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ from traceinfer.analysis.derived import Derived
 from traceinfer.analysis.findings import Finding, RunData, find
 from traceinfer.analysis.floor import run_floor
 from traceinfer.analysis.summary import RunSummary, graph_coverage, run_summary
-from traceinfer.rundir.schema import STAGES
+from traceinfer.rundir.schema import NSYS_STATS, STAGES
 
 PARTS = (*STAGES, "handover", "other")
 MAX_POINTS = 600  # time series are binned to at most this many points
@@ -66,6 +67,8 @@ class Report:
     findings: list[Finding]
     methodology: dict
     series: dict = field(default_factory=dict, repr=False)  # name -> DataFrame or dict of arrays, for charts
+    #: an nsys capture's tables (analysis.gpu_trace.summary, the run's nsys_stats.json), or None
+    gpu_trace: dict | None = None
 
     def as_dict(self) -> dict:
         """Everything but the chart series, JSON-ready (numbers as numbers, times in the units named)."""
@@ -74,6 +77,7 @@ class Report:
             "use": [asdict(r) for r in self.use], "step_anatomy": self.anatomy, "kv_cache": self.kv,
             "gc_threads": self.gc_threads, "flamegraphs": self.flamegraphs,
             "findings": [f.as_dict() for f in self.findings], "methodology": self.methodology,
+            "gpu_trace": self.gpu_trace,
         })  # fmt: skip
 
 
@@ -137,7 +141,7 @@ def headline(manifest: dict, summary: RunSummary, frames: dict) -> dict:
 
 
 # -- the USE method -------------------------------------------------------------------------
-def use_table(manifest: dict, frames: dict, summary: RunSummary, wall_s: float) -> list[UseRow]:
+def use_table(manifest: dict, frames: dict, summary: RunSummary, wall_s: float, gpu_trace: dict | None = None) -> list[UseRow]:
     """Utilization, saturation and errors of every resource the engine uses (Brendan Gregg's USE method)."""
     steps, gpu, host = _frame(frames, "steps"), _frame(frames, "gpu_samples"), _frame(frames, "host_samples")
     requests_, gc, threads = _frame(frames, "requests"), _frame(frames, "gc"), _frame(frames, "thread_samples")
@@ -160,6 +164,16 @@ def use_table(manifest: dict, frames: dict, summary: RunSummary, wall_s: float) 
     else:
         why = "a GPU run (CUDA events of the steps probe; NVML of the samplers probe)"
         util, sat = Cell.missing(why), Cell.missing(why)
+    totals = ((gpu_trace or {}).get("gpu_gaps") or {}).get("totals") or {}
+    if totals.get("busy_pct") is not None:  # kernel by kernel, from the nsys capture
+        busy = totals["busy_pct"] / 100
+        util = Cell(f"{_pct(busy)} of the captured span running GPU work (nsys, kernel by kernel)", busy,
+                    "nsys_stats.json gpu_gaps.totals.busy_pct")  # fmt: skip
+        by_phase = (gpu_trace.get("gpu_gaps") or {}).get("by_phase") or []
+        if by_phase:
+            top = by_phase[0]
+            sat = Cell(f"idle {_pct(1 - busy)}; most of it during {top['phase']} ({top['idle_pct']:.0f}% of the idle time)",
+                       1 - busy, "nsys_stats.json gpu_gaps.by_phase")  # fmt: skip
     rows.append(UseRow("GPU SMs", util, sat, Cell.missing("per-kernel occupancy and errors: nsys / ncu")))
 
     # HBM bandwidth
@@ -469,8 +483,10 @@ def methodology(manifest: dict, run_path: str) -> dict:
     }
 
 
-def build_report(manifest: dict, frames: dict[str, pd.DataFrame], run_path: str = "", flamegraphs=()) -> Report:
-    """The report of a run from its manifest and stream frames (a missing stream: a missing frame)."""
+def build_report(manifest: dict, frames: dict[str, pd.DataFrame], run_path: str = "", flamegraphs=(),
+                 gpu_trace: dict | None = None) -> Report:
+    """The report of a run from its manifest and stream frames (a missing stream: a missing frame), and
+    the tables of its nsys capture when it has one."""
     derived = Derived(frames).prefetch()  # the analyzers' tables, each computed once for every section
     summary = run_summary(manifest, frames, derived)
     wall_s = float(summary.seconds or 0.0)
@@ -481,7 +497,7 @@ def build_report(manifest: dict, frames: dict[str, pd.DataFrame], run_path: str 
              "started_unix": (manifest.get("timing") or {}).get("started_unix"), "error": manifest.get("error")},  # fmt: skip
         headline=headline(manifest, summary, frames),
         summary=summary,
-        use=use_table(manifest, frames, summary, wall_s),
+        use=use_table(manifest, frames, summary, wall_s, gpu_trace),
         anatomy=step_anatomy(_frame(frames, "steps"), wall_s, on_cuda),
         kv=kv_section(frames, summary, derived),
         gc_threads=gc_threads_section(manifest, frames, summary),
@@ -489,6 +505,7 @@ def build_report(manifest: dict, frames: dict[str, pd.DataFrame], run_path: str 
         findings=find(data),
         methodology=methodology(manifest, run_path),
         series=chart_series(manifest, frames, derived),
+        gpu_trace=gpu_trace,
     )
 
 
@@ -520,7 +537,9 @@ def report_of_run(run) -> Report:
     frames = report_frames(run)
     folder = run.path / "flamegraphs"
     graphs = sorted(str(p.relative_to(run.path)) for p in folder.glob("*.svg")) if folder.is_dir() else []
-    return build_report(run.manifest, frames, str(run.path), graphs)
+    nsys = run.path / NSYS_STATS
+    gpu_trace = json.loads(nsys.read_text()) if nsys.exists() else None
+    return build_report(run.manifest, frames, str(run.path), graphs, gpu_trace)
 
 
 # -- two runs side by side ------------------------------------------------------------------

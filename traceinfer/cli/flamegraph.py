@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a run directory (two with --diff), or a file of folded stacks")  # fmt: skip
     parser.add_argument("--kind", choices=KINDS, default="cpu",
                         help="cpu: py-spy samples (profile --pyspy); threads: the thread probe's samples; gpu: kernels "
-                             "by range path and ops: CPU ops by range path (probe torch_profiler); memory: live bytes "
+                             "by range path (profile --nsys, or the torch_profiler probe) and ops: CPU ops by range path (probe torch_profiler); memory: live bytes "
                              "by allocation stack (--memory-snapshot) (default: cpu)")  # fmt: skip
     parser.add_argument("--phase", choices=[*(p.replace(" ", "-") for p in PHASES), "all"],
                         help="one engine phase of the engine thread (cpu, threads), or all: one file per phase")
@@ -93,6 +93,14 @@ def load_stacks(run, kind: str) -> Stacks:
                                         run.manifest.get("engine_thread"))  # fmt: skip
         return Stacks(whole, phases if "steps" in run.streams else None, "thread probe",
                       run.manifest.get("probes", {}).get("stack_hz"))  # fmt: skip
+    if kind == "gpu" and (path / schema.NSYS_SQLITE).exists():  # profile --nsys: every kernel, graph nodes too
+        from traceinfer.analysis.gpu_trace import gpu_folded
+        from traceinfer.ingest.nsys import read_nsys
+
+        folded = gpu_folded(read_nsys(path / schema.NSYS_SQLITE))
+        if not folded.counts:
+            raise ConfigError(f"{path / schema.NSYS_SQLITE} holds no GPU work")
+        return Stacks(folded, None, "nsys")
     if kind in ("gpu", "ops"):
         from traceinfer.ingest import kineto
 

@@ -37,6 +37,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("use", "USE method: utilization, saturation, errors"),
     ("charts", "Latency and load over time"),
     ("anatomy", "Step anatomy"),
+    ("gpu", "GPU time, kernel by kernel (nsys)"),
     ("kv", "KV cache"),
     ("gc", "GC and threads"),
     ("flamegraphs", "Flame graphs"),
@@ -502,8 +503,65 @@ def _host_load(load: dict) -> str:
     return text + ("; oversubscribed" if load.get("oversubscribed") else "")
 
 
-BUILDERS = {"headline": headline, "findings": findings, "use": use, "charts": charts, "anatomy": anatomy, "kv": kv,
-            "gc": gc_threads, "flamegraphs": flamegraphs, "methodology": methodology}  # fmt: skip
+def _ns_ms(ns) -> str:
+    return "-" if ns is None else fmt_ms(ns / 1e6)
+
+
+def _ns_us(ns) -> str:
+    return "-" if ns is None else f"{ns / 1e3:,.1f}"
+
+
+def gpu_time(report: Report) -> list[Block]:
+    """The nsys capture's tables: the GPU's busy share, its idle time by the host phase running then, the
+    kernels that take its time, and the GPU time of the work each NVTX range launched."""
+    g = report.gpu_trace
+    if not g:
+        return [Paragraph("not captured: `traceinfer profile --nsys` runs the profile under Nsight Systems and reads "
+                          "its capture (every kernel, copy and graph replay, tied to the engine stage that launched "
+                          "it); `traceinfer nsys-stats FILE.sqlite` reads any nsys export.", "Kernel-level GPU time:")]  # fmt: skip
+    blocks: list[Block] = []
+    for line in g.get("warnings") or []:
+        blocks.append(Paragraph(str(line), "Capture:"))
+    gaps = g.get("gpu_gaps") or {}
+    t = gaps.get("totals") or {}
+    traced = ("CUDA graph replays traced node by node" if g.get("graph_trace") == "node" else
+              "CUDA graph replays traced as one item each" if g.get("graph_trace") == "graph" else "no CUDA graph replayed")  # fmt: skip
+    if t.get("span_ns"):
+        blocks.append(Paragraph(
+            f"the GPU ran work {fmt_pct((t.get('busy_pct') or 0) / 100)} of the {_ns_ms(t['span_ns'])} ms between its first "
+            f"and last work; it was idle {_ns_ms(t.get('idle_ns'))} ms in {_count(t.get('gaps'))} gaps ({traced}; nsys "
+            f"{g.get('nsys_version') or '?'}, export schema {g.get('schema_version') or '?'}).", "GPU busy:"))  # fmt: skip
+        rows = tuple((str(r["phase"]), _ns_ms(r["idle_ns"]), fmt_pct(r["idle_pct"] / 100), _count(r["gaps_touched"]),
+                      _count(r["gaps"]), _ns_us(r.get("median_gap_ns")), _ns_ms(r.get("max_gap_ns")))
+                     for r in gaps.get("by_phase") or [])  # fmt: skip
+        if rows:
+            joined = ("GC pauses and the probes' per-step work placed from the run's gc and steps streams"
+                      if t.get("run_offset_ns") is not None else "phases from the NVTX stage ranges alone")  # fmt: skip
+            blocks.append(Table(("host phase while the GPU idled", "idle ms", "share of idle", "gaps touched",
+                                 "gaps mostly in it", "median gap us", "longest gap ms"), rows,
+                                f"each idle gap between GPU work split over the host phase running then ({joined}); "
+                                "nsys_stats.json gpu_gaps"))  # fmt: skip
+    else:
+        blocks.append(Paragraph("the capture holds no GPU work.", "GPU busy:"))
+    kern = g.get("cuda_gpu_kern_sum") or []
+    if kern:
+        blocks.append(Table(("kernel", "share of kernel time", "total ms", "instances", "median us"),
+                            tuple((str(k["name"]), fmt_pct(k["time_pct"] / 100), _ns_ms(k["total_ns"]), _count(k["instances"]),
+                                   f"{k['med_ns'] / 1e3:.1f}") for k in kern[:12]),
+                            "nsys stats -r cuda_gpu_kern_sum's figures (traceinfer nsys-stats RUN --report cuda_gpu_kern_sum)"))  # fmt: skip
+    proj = g.get("nvtx_gpu_proj_sum") or []
+    if proj:
+        blocks.append(Table(("range", "instances", "CPU time ms", "GPU projection ms", "median projection us", "GPU ops per instance"),
+                            tuple((str(p["range"]), _count(p["range_instances"]), _ns_ms(p["total_range_ns"]),
+                                   _ns_ms(p["total_proj_ns"]), f"{p['proj_med_ns'] / 1e3:.1f}", f"{p['avg_gpu_ops']:.1f}")
+                                  for p in proj[:12]),
+                            "nsys stats -r nvtx_gpu_proj_sum's figures: the GPU time of the work each range launched, from "
+                            "its first operation's start to its last one's end"))  # fmt: skip
+    return blocks
+
+
+BUILDERS = {"headline": headline, "findings": findings, "use": use, "charts": charts, "anatomy": anatomy,
+            "gpu": gpu_time, "kv": kv, "gc": gc_threads, "flamegraphs": flamegraphs, "methodology": methodology}  # fmt: skip
 
 
 def title_of(report: Report) -> str:

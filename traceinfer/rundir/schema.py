@@ -28,6 +28,9 @@ MEMORY_SNAPSHOT = "memory_snapshot.pickle"
 TORCH_TRACE = "torch_trace.json.gz"  # probe 'torch_profiler': its Chrome trace (traceinfer.ingest.kineto reads it)
 PYSPY_TRACE = "pyspy.json"  # py-spy samples as a Chrome trace (probe pyspy)
 PYSPY_LOG = "pyspy.log"  # what py-spy printed
+NSYS_REP = "nsys.nsys-rep"  # profile --nsys: Nsight Systems' capture of the run
+NSYS_SQLITE = "nsys.sqlite"  # ... exported to SQLite (traceinfer.ingest.nsys reads it)
+NSYS_STATS = "nsys_stats.json"  # ... its tables (traceinfer.analysis.gpu_trace.summary), for the report
 
 ColumnType = Literal["int", "float", "bool", "str", "list<int>", "list<list<int>>", "json"]
 
@@ -284,6 +287,9 @@ def markdown() -> str:
         f"| `{PYSPY_TRACE}`, `{PYSPY_LOG}` | py-spy's samples as a Chrome trace, and what it printed (probe pyspy, "
         "`--pyspy`) |",
         f"| `{TORCH_TRACE}` | a torch.profiler (Kineto) trace with a range per engine stage (probe torch_profiler) |",
+        f"| `{NSYS_REP}`, `{NSYS_SQLITE}`, `{NSYS_STATS}` | `profile --nsys`: Nsight Systems' capture, its SQLite "
+        "export, and the tables read from it (nsys's nvtx_sum, nvtx_gpu_proj_sum, cuda_gpu_kern_sum; the GPU's idle "
+        "gaps by host phase); `traceinfer nsys-stats RUN` prints them |",
         "| `flamegraphs/` | flame graphs (`cpu.svg`, `cpu.<phase>.svg`, `threads.svg`, `gpu.svg`, `memory.svg`, ...) "
         "written by `profile` and `traceinfer flamegraph` |",
         f"| `{MEMORY_SNAPSHOT}` | optional `torch.cuda.memory` snapshot (https://pytorch.org/memory_viz) |",
