@@ -21,7 +21,6 @@ from traceinfer.errors import ConfigError
 HELP = "nsys's tables (nvtx_sum, nvtx_gpu_proj_sum, cuda_gpu_kern_sum) and GPU idle gaps from an nsys SQLite export"
 from traceinfer.rundir.schema import NSYS_SQLITE
 
-
 #: the tables this command prints, each a function of traceinfer.analysis.gpu_trace
 REPORTS = ("nvtx_sum", "nvtx_gpu_proj_sum", "cuda_gpu_kern_sum", "gpu_gaps")
 
