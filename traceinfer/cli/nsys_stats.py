@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 from traceinfer.errors import ConfigError
+from traceinfer.rundir.schema import NSYS_SQLITE
 
 HELP = "nsys's tables (nvtx_sum, nvtx_gpu_proj_sum, cuda_gpu_kern_sum) and GPU idle gaps from an nsys SQLite export"
-from traceinfer.rundir.schema import NSYS_SQLITE
 
 #: the tables this command prints, each a function of traceinfer.analysis.gpu_trace
 REPORTS = ("nvtx_sum", "nvtx_gpu_proj_sum", "cuda_gpu_kern_sum", "gpu_gaps")
