@@ -202,7 +202,23 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class TelemetryConfig:
-    """[telemetry]: the live telemetry endpoint. Holds nothing yet: the endpoint lands with its issue."""
+    """[telemetry]: the live telemetry endpoint (traceinfer.telemetry): sliding windows of what the probes see,
+    served from the watched process as JSON (/snapshot) and Prometheus text (/metrics); ``traceinfer top
+    --attach`` reads it. It binds a loopback address unless ``allow_remote`` is set: it has no authentication."""
+
+    address: str | None = option(None, "serve telemetry at [HOST:]PORT (HOST 127.0.0.1 when left out; PORT 0: any "
+                                 "free port): /metrics (Prometheus) and /snapshot (JSON)", flag="telemetry")  # fmt: skip
+    allow_remote: bool = option(False, "let --telemetry bind an address other than loopback (anyone who reaches it "
+                                "reads the engine's figures)", flag="telemetry-allow-remote")  # fmt: skip
+    window_s: float = option(30.0, "seconds of the sliding windows (percentiles, rates, shares)", flag="telemetry-window")
+    linger_s: float = option(0.0, "seconds the endpoint keeps serving the final figures once the command is done "
+                             "(a last scrape)", flag="telemetry-linger")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.window_s <= 3600.0:
+            raise ConfigError(f"telemetry.window_s must be in [1, 3600] seconds, got {self.window_s}")
+        if not 0.0 <= self.linger_s <= 3600.0:
+            raise ConfigError(f"telemetry.linger_s must be in [0, 3600] seconds, got {self.linger_s}")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_section(parser, "output")
     options.add_section(parser, "report")
     options.add_section(parser, "engine")
+    options.add_section(parser, "telemetry")
 
 
 def default_run_dir(root: str | Path, workload: str) -> Path:
@@ -78,6 +79,7 @@ def _profile(args: argparse.Namespace) -> int:
     from traceinfer.passes.engine import PassStopped, run_workload, warm_up
     from traceinfer.probes import attach, resolve_probes
     from traceinfer.rundir.writer import check_new_run_dir
+    from traceinfer.telemetry import open_endpoint
 
     config = options.load(args)
     names = resolve_probes(config.probes.selection)  # bad input fails before the model loads
@@ -93,6 +95,7 @@ def _profile(args: argparse.Namespace) -> int:
     except TraceinferError as exc:
         raise ConfigError(f"--out: {exc}") from None
     display = Display(live=None if config.output.progress else False)
+    endpoint = open_endpoint(config.telemetry)  # binds now: a port in use fails before the model loads
 
     display.phase(f"measuring {dev.device_name(device)}'s copy and matmul rates, for the run's floor")
     rates = {"bandwidth_bytes_per_s": dev.measure_bandwidth(device),  # before the engine takes the memory
@@ -138,7 +141,9 @@ def _profile(args: argparse.Namespace) -> int:
         "device_rates": {**rates, "method": "engine.device.measure_bandwidth / measure_matmul, best of 10"},
     }  # fmt: skip
     engine.block_manager.reset_prefix_cache()  # every pass starts from an empty prefix cache
-    session = attach(engine, config.probes.selection, out, config.probes, manifest)
+    session = attach(engine, endpoint.selection(config.probes.selection), out, config.probes, manifest)
+    if line := endpoint.serve(session):
+        print(line)
     status, error, result = "completed", None, None
     display.phase("profiled run")
     try:
@@ -153,9 +158,11 @@ def _profile(args: argparse.Namespace) -> int:
     except BaseException as exc:
         display.done("profiled run: failed")
         session.close("failed", error=f"{type(exc).__name__}: {exc}")
+        endpoint.close(linger=False)
         raise
     display.done(f"profiled run: {status}" if status != "completed" else None)
     final = session.close(status, error=error, results=_results(result) if result else None)
+    endpoint.close()  # after --telemetry-linger seconds of the final figures
     return _finish(args, config, llm, workload, names, out, final, result, status, display)
 
 

@@ -32,6 +32,7 @@ from traceinfer.probes.pyspy import PySpyProbe
 from traceinfer.probes.request_trace import RequestTraceProbe
 from traceinfer.probes.samplers import SamplerProbe
 from traceinfer.probes.step_trace import StepTraceProbe
+from traceinfer.probes.telemetry import TelemetryProbe
 from traceinfer.probes.threads import ThreadProbe
 from traceinfer.probes.torch_profiler import TorchProfilerProbe
 from traceinfer.rundir.writer import RunWriter
@@ -50,6 +51,7 @@ PROBES: dict[str, type[Probe]] = {
         CudaMemoryProbe,
         TorchProfilerProbe,
         PySpyProbe,
+        TelemetryProbe,
     )
 }
 
