@@ -81,9 +81,11 @@ def test_every_config_field_is_an_option_of_the_commands_that_read_its_section()
                 continue
             users = [name for name in dests if f"{section}.{f.name}" in dests[name]]
             if section in ("engine",):
-                assert users == ["profile", "bench", "generate"], (section, f.name, users)
-            elif section in ("probes", "output"):
-                assert users == ["profile"], (section, f.name, users)
+                assert users == ["profile", "bench", "generate", "top"], (section, f.name, users)
+            elif section in ("probes", "output"):  # top takes the few that a watched workload needs
+                assert users in (["profile"], ["profile", "top"]), (section, f.name, users)
+            elif section == "telemetry":
+                assert users == ["profile", "top"], (section, f.name, users)
     args = sub["profile"].parse_args(["--block-size", "32", "--no-prefix-caching", "--workload", "bench"])
     assert vars(args)["engine.block_size"] == 32 and vars(args)["engine.enable_prefix_caching"] is False
     assert vars(args)["workload.name"] == "bench" and vars(args)["engine.max_num_seqs"] is None  # not given
@@ -95,7 +97,7 @@ def test_help_and_version_answer_without_torch():
             "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules and 'pandas' not in sys.modules, 'imported torch or pandas'\n")  # fmt: skip
     for argv in (["--help"], ["--version"], ["profile", "--help"], ["bench", "--help"], ["generate", "--help"],
-                 ["workloads"], ["flamegraph", "--help"]):
+                 ["workloads"], ["flamegraph", "--help"], ["top", "--help"]):
         proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
     version = subprocess.run([sys.executable, "-m", "traceinfer.cli", "--version"], capture_output=True, text=True)

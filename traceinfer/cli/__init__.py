@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "workloads": "workloads",
     "generate": "generate",
+    "top": "top",
 }
 
 
