@@ -67,6 +67,7 @@ def cuda_gpu_kern_sum(cap: GpuCapture) -> pd.DataFrame:
                                      "stddev_ns", "name"])  # fmt: skip
     k = k.assign(dur=k["end"] - k["start"])
     out = _describe(k.groupby("name", sort=False, observed=True), "dur").reset_index()
+    out["name"] = out["name"].astype(str)  # strings, whether the capture holds names as a categorical or not
     out.insert(0, "time_pct", 100.0 * out["total_ns"] / out["total_ns"].sum())
     out = out.sort_values(["total_ns", "name"], ascending=[False, True], kind="stable").reset_index(drop=True)
     return out[["time_pct", "total_ns", "instances", "avg_ns", "med_ns", "min_ns", "max_ns", "stddev_ns", "name"]]
@@ -223,14 +224,61 @@ def nvtx_gpu_proj_sum(cap: GpuCapture) -> pd.DataFrame:
 # -- the GPU flame graph ---------------------------------------------------------------------------------
 
 
+def path_ids(cap: GpuCapture, nesting: Nesting) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """Each range's path from its root as an id into a list of the distinct paths (annotated frames, as
+    ``("step_[r]", "forward (graph)_[r]")``): built level by level, one path per distinct (parent's path,
+    text), so a million ranges of a few dozen paths cost a few dozen tuples."""
+    r = cap.ranges
+    ids = np.full(len(r), -1, dtype=np.int64)
+    paths: list[tuple[str, ...]] = []
+    if r.empty:
+        return ids, paths
+    codes, texts = pd.factorize(r["text"])
+    frames = [annotate(str(t), "range") for t in texts]
+    for level in range(int(nesting.depth.max()) + 1):
+        rows = np.flatnonzero(nesting.depth == level)
+        if not len(rows):
+            continue
+        parent = nesting.parent[rows]
+        up = np.where(parent >= 0, ids[np.clip(parent, 0, None)], -1)  # the parent's path (-1: a root)
+        keys, inverse = np.unique((up + 1) * len(frames) + codes[rows], return_inverse=True)
+        base = len(paths)
+        for key in keys.tolist():
+            p, c = divmod(key, len(frames))
+            paths.append((*paths[p - 1], frames[c]) if p else (frames[c],))
+        ids[rows] = base + inverse.reshape(-1)
+    return ids, paths
+
+
 def range_paths(cap: GpuCapture, nesting: Nesting) -> list[tuple[str, ...]]:
     """Each range's path from its root, as annotated frames (``step_[r];forward (graph)_[r]``)."""
-    names = [annotate(t, "range") for t in cap.ranges["text"].tolist()]
-    paths: list[tuple[str, ...]] = [()] * len(names)
-    for i in np.argsort(nesting.depth, kind="stable").tolist():
-        p = nesting.parent[i]
-        paths[i] = (*paths[p], names[i]) if p >= 0 else (names[i],)
-    return paths
+    ids, paths = path_ids(cap, nesting)
+    return [paths[i] for i in ids.tolist()]
+
+
+def launch_rows(gpu: pd.DataFrame, launches: pd.DataFrame) -> np.ndarray:
+    """For each GPU row, the position in ``launches`` of the first runtime call of its (pid, correlation),
+    or -1: the pair packed into one integer key and looked up in a hash index."""
+    out = np.full(len(gpu), -1, dtype=np.int64)
+    if gpu.empty or launches.empty:
+        return out
+    lp, lc = launches["pid"].to_numpy(np.int64), launches["correlation"].to_numpy(np.int64)
+    gp, gc = gpu["pid"].to_numpy(np.int64), gpu["correlation"].to_numpy(np.int64)
+    pids, pid_codes = np.unique(np.concatenate([lp, gp]), return_inverse=True)
+    low = min(int(lc.min()), int(gc.min()))
+    width = max(int(lc.max()), int(gc.max())) - low + 1
+    if width * len(pids) >= 2**62:  # ids too far apart to pack: pandas' join
+        on = ["pid", "correlation"]
+        keys = pd.DataFrame({"pid": lp, "correlation": lc, "row": np.arange(len(lp))}).drop_duplicates(on)
+        hit = pd.DataFrame({"pid": gp, "correlation": gc}).join(keys.set_index(on), on=on)
+        return hit["row"].fillna(-1).to_numpy(np.int64)
+    lkey = pid_codes[: len(lp)].reshape(-1) * width + (lc - low)
+    gkey = pid_codes[len(lp) :].reshape(-1) * width + (gc - low)
+    first = np.flatnonzero(~pd.Index(lkey).duplicated())  # the first call of each key, as a join would pick
+    found = pd.Index(lkey[first]).get_indexer(gkey)
+    hit = found >= 0
+    out[hit] = first[found[hit]]
+    return out
 
 
 def gpu_folded(cap: GpuCapture) -> Folded:
@@ -241,21 +289,23 @@ def gpu_folded(cap: GpuCapture) -> Folded:
     if gpu.empty:
         return folded
     nesting = nest(cap.ranges)
-    paths = range_paths(cap, nesting)
-    calls = launches[["pid", "correlation", "tid", "start"]].drop_duplicates(["pid", "correlation"])
-    calls = calls.rename(columns={"start": "start_launch"}).set_index(["pid", "correlation"])
+    ids, paths = path_ids(cap, nesting)
     work = gpu[gpu["kind"] != "graph"] if cap.graph_trace == "node" else gpu
-    work = work.join(calls, on=["pid", "correlation"])
-    launched = work["tid"].notna().to_numpy()
+    call = launch_rows(work, launches)
+    launched = call >= 0
     rows = np.full(len(work), -1, dtype=np.int64)
     if launched.any():
-        rows[launched] = innermost(cap, nesting, work["tid"].to_numpy()[launched].astype(np.int64),
-                                   work["start_launch"].to_numpy()[launched].astype(np.int64))  # fmt: skip
+        rows[launched] = innermost(cap, nesting, launches["tid"].to_numpy(np.int64)[call[launched]],
+                                   launches["start"].to_numpy(np.int64)[call[launched]])  # fmt: skip
+    path = np.where(rows >= 0, ids[np.clip(rows, 0, None)], -1)
+    names, name_of = pd.factorize(work["name"])
+    kinds, kind_of_code = pd.factorize(work["kind"])
     dur = (work["end"] - work["start"]).to_numpy()
-    table = pd.DataFrame({"row": rows, "name": work["name"].astype(str).to_numpy(), "kind": work["kind"].astype(str).to_numpy(), "dur": dur})
-    for (row, name, kind), ns in table.groupby(["row", "name", "kind"], sort=False)["dur"].sum().items():
+    table = pd.DataFrame({"path": path, "name": names, "kind": kinds, "dur": dur})
+    for (p, name, kind), ns in table.groupby(["path", "name", "kind"], sort=False)["dur"].sum().items():
+        name, kind = str(name_of[name]), str(kind_of_code[kind])
         leaf = annotate(name, "kernel") if kind in ("kernel", "graph") else name
-        folded.add((*paths[row], leaf) if row >= 0 else ("(no range)", leaf), float(ns))
+        folded.add((*paths[p], leaf) if p >= 0 else ("(no range)", leaf), float(ns))
     return folded
 
 
@@ -327,12 +377,12 @@ def _host_segments(cap: GpuCapture, steps: pd.DataFrame | None, gc: pd.DataFrame
         engine_tid = step_rows["tid"].mode().iat[0]
         er = r[(r["tid"] == engine_tid) & (r["style"] == "PushPop")]
         nesting = nest(er.reset_index(drop=True))
-        names = er["text"].map(PHASE_OF_RANGE).to_numpy()
+        names = er["text"].map(PHASE_OF_RANGE).to_numpy(dtype=object)
         # a range without a phase of its own (block ..., layer ...) counts for its nearest ancestor's
-        parent = nesting.parent
-        for i in np.argsort(nesting.depth, kind="stable").tolist():
-            if not isinstance(names[i], str):
-                names[i] = names[parent[i]] if parent[i] >= 0 else None
+        own = pd.notna(names)
+        for level in range(1, int(nesting.depth.max()) + 1):
+            rows = np.flatnonzero((nesting.depth == level) & ~own)
+            names[rows] = names[nesting.parent[rows]]
         segs.append(pd.DataFrame({"start": er["start"].to_numpy(), "end": er["end"].to_numpy(), "phase": names,
                                   "priority": nesting.depth}).dropna(subset=["phase"]))  # fmt: skip
     if offset is not None:
@@ -351,28 +401,31 @@ def _host_segments(cap: GpuCapture, steps: pd.DataFrame | None, gc: pd.DataFrame
 
 def _split(gaps: pd.DataFrame, segs: pd.DataFrame) -> pd.DataFrame:
     """How many ns of each gap each phase covers: the time axis cut at every boundary; in each piece the
-    highest-priority segment open wins, and pieces no segment covers are BETWEEN_STEPS."""
+    highest-priority segment open wins, and pieces no segment covers are BETWEEN_STEPS. Columns gap, phase
+    (a categorical, its categories sorted), ns; pieces in time order."""
+    phases = sorted({BETWEEN_STEPS, *segs["phase"].dropna().unique().tolist()})
     if gaps.empty:
-        return pd.DataFrame({"gap": [], "phase": [], "ns": []})
-    cuts = np.unique(np.concatenate([gaps["start"].to_numpy(), gaps["end"].to_numpy(),
-                                     segs["start"].to_numpy(dtype=np.int64), segs["end"].to_numpy(dtype=np.int64)]))  # fmt: skip
+        return pd.DataFrame({"gap": pd.Series(dtype="int64"), "phase": pd.Categorical([], categories=phases),
+                             "ns": pd.Series(dtype="int64")})  # fmt: skip
+    cuts = np.sort(np.concatenate([gaps["start"].to_numpy(), gaps["end"].to_numpy(),
+                                   segs["start"].to_numpy(dtype=np.int64), segs["end"].to_numpy(dtype=np.int64)]))  # fmt: skip
+    cuts = cuts[np.concatenate(([True], cuts[1:] != cuts[:-1]))]
     lo, hi = cuts[:-1], cuts[1:]
     mid = lo + (hi - lo) // 2
     gap_of = np.searchsorted(gaps["start"].to_numpy(), mid, "right") - 1
     inside = (gap_of >= 0) & (mid < gaps["end"].to_numpy()[np.clip(gap_of, 0, None)]) & (hi > lo)
     lo, hi, mid, gap_of = lo[inside], hi[inside], mid[inside], gap_of[inside]
-    phase = np.full(len(mid), BETWEEN_STEPS, dtype=object)
-    best = np.full(len(mid), -1, dtype=np.int64)
+    code = np.full(len(mid), phases.index(BETWEEN_STEPS), dtype=np.int64)
     # segments by priority, lowest first, so higher ones overwrite (each piece is inside or outside a segment)
     for prio in sorted(segs["priority"].unique()):
         s = segs[segs["priority"] == prio].sort_values("start")
-        starts, ends, names = s["start"].to_numpy(np.int64), s["end"].to_numpy(np.int64), s["phase"].to_numpy()
+        starts, ends = s["start"].to_numpy(np.int64), s["end"].to_numpy(np.int64)
+        codes = pd.Categorical(s["phase"], categories=phases).codes.astype(np.int64)
         k = np.searchsorted(starts, mid, "right") - 1
         ok = k >= 0
         ok[ok] = mid[ok] < ends[k[ok]]
-        phase[ok] = names[k[ok]]
-        best[ok] = prio
-    return pd.DataFrame({"gap": gap_of, "phase": phase, "ns": hi - lo})
+        code[ok] = codes[k[ok]]
+    return pd.DataFrame({"gap": gap_of, "phase": pd.Categorical.from_codes(code, categories=phases), "ns": hi - lo})
 
 
 def gpu_gaps(cap: GpuCapture, steps: pd.DataFrame | None = None, gc: pd.DataFrame | None = None) -> GpuGaps:
@@ -390,18 +443,28 @@ def gpu_gaps(cap: GpuCapture, steps: pd.DataFrame | None = None, gc: pd.DataFram
     gaps["dur_ns"] = gaps["end"] - gaps["start"]
     offset = step_offset(cap, steps) if steps is not None else None
     pieces = _split(gaps, _host_segments(cap, steps, gc, offset))
-    per_gap = pieces.groupby(["gap", "phase"])["ns"].sum().reset_index()
-    main = per_gap.sort_values("ns", ascending=False, kind="stable").drop_duplicates("gap").set_index("gap")["phase"]
-    gaps["phase"] = main.reindex(range(len(gaps))).fillna(BETWEEN_STEPS).to_numpy()
+    # phases as codes (their names sorted): the ns of each (gap, phase), in gap then phase order
+    phases = np.asarray(pieces["phase"].cat.categories, dtype=object)
+    key = pieces["gap"].to_numpy(np.int64) * len(phases) + pieces["phase"].cat.codes.to_numpy(np.int64)
+    per_gap = pd.Series(pieces["ns"].to_numpy(np.int64)).groupby(key).sum()
+    gap_of, phase_of = np.divmod(per_gap.index.to_numpy(np.int64), len(phases))
+    ns = per_gap.to_numpy()
+    # each gap's phase: the one covering most of it (a tie: the first by name)
+    order = np.lexsort((phase_of, -ns, gap_of))
+    first = order[np.flatnonzero(np.diff(gap_of[order], prepend=-1) != 0)]
+    main = np.full(len(gaps), int(np.flatnonzero(phases == BETWEEN_STEPS)[0]), dtype=np.int64)
+    main[gap_of[first]] = phase_of[first]
+    gaps["phase"] = phases[main]
     span = int(busy["end"].iat[-1] - busy["start"].iat[0])
     busy_ns = int(busy["ns"].sum())
     idle = int(gaps["dur_ns"].sum())
-    g = per_gap.groupby("phase")
-    by_phase = pd.DataFrame({"idle_ns": g["ns"].sum(), "gaps_touched": g["gap"].nunique()})
-    dominant = gaps.groupby("phase")["dur_ns"]
+    g = pd.Series(ns).groupby(phase_of)  # one row per (gap, phase): a phase's rows are the gaps it touches
+    by_phase = pd.DataFrame({"idle_ns": g.sum(), "gaps_touched": g.size()})
+    dominant = pd.Series(gaps["dur_ns"].to_numpy()).groupby(main)
     by_phase["gaps"] = dominant.size().reindex(by_phase.index).fillna(0).astype("int64")
     by_phase["median_gap_ns"] = dominant.median().reindex(by_phase.index)
     by_phase["max_gap_ns"] = dominant.max().reindex(by_phase.index)
+    by_phase.index = pd.Index(phases[by_phase.index.to_numpy()], name="phase")
     by_phase["idle_pct"] = 100.0 * by_phase["idle_ns"] / idle if idle else 0.0
     by_phase = by_phase.reset_index().sort_values(["idle_ns", "phase"], ascending=[False, True]).reset_index(drop=True)
     by_phase = by_phase[["phase", "idle_ns", "idle_pct", "gaps_touched", "gaps", "median_gap_ns", "max_gap_ns"]]
@@ -409,20 +472,30 @@ def gpu_gaps(cap: GpuCapture, steps: pd.DataFrame | None = None, gc: pd.DataFram
                   gaps=len(gaps), run_offset_ns=offset)  # fmt: skip
     if steps is not None and offset is None:
         totals["run_join"] = "the capture's step ranges match no step of the run: GC and probe work not placed"
-    step_of = steps_at(cap, gaps["start"].to_numpy())
-    gaps["step"] = pd.array(step_of, dtype="Int64")
+    gaps["step"] = _step_of(cap, gaps["start"].to_numpy())
     return GpuGaps(busy[["start", "end", "ns"]], gaps, by_phase, totals)
+
+
+def _step_of(cap: GpuCapture, times: np.ndarray) -> pd.arrays.IntegerArray:
+    """The step (the "step" range's payload) open at each time, <NA> where none is."""
+    r = cap.ranges
+    times = np.asarray(times, dtype=np.int64)
+    sr = r[(r["text"] == "step")].sort_values("start")
+    if sr.empty:
+        return pd.arrays.IntegerArray(np.zeros(len(times), dtype=np.int64), np.ones(len(times), dtype=bool))
+    k = np.searchsorted(sr["start"].to_numpy(), times, "right") - 1
+    at = np.clip(k, 0, None)
+    pay = pd.array(sr["payload"], dtype="Int64")
+    values, missing = pay.to_numpy(dtype=np.int64, na_value=0), pay.isna()
+    found = (k >= 0) & (times <= sr["end"].to_numpy()[at]) & ~missing[at]
+    return pd.arrays.IntegerArray(values[at], ~found)
 
 
 def steps_at(cap: GpuCapture, times: np.ndarray) -> list:
     """The step (the "step" range's payload) open at each time, or None."""
-    r = cap.ranges
-    sr = r[(r["text"] == "step")].sort_values("start")
-    if sr.empty:
-        return [None] * len(times)
-    k = np.searchsorted(sr["start"].to_numpy(), times, "right") - 1
-    ends, pay = sr["end"].to_numpy(), sr["payload"].to_numpy()
-    return [pay[i] if i >= 0 and t <= ends[i] and pay[i] is not pd.NA else None for i, t in zip(k.tolist(), times.tolist())]
+    steps = _step_of(cap, times)
+    values = steps.to_numpy(dtype=np.int64, na_value=0).tolist()
+    return [None if m else v for v, m in zip(values, steps.isna().tolist())]
 
 
 #: our column -> the header ``nsys stats --format csv`` prints for it, per report

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
 from traceinfer.errors import IngestError
 from traceinfer.ingest.capture import GPU_COLUMNS, LAUNCH_COLUMNS, RANGE_COLUMNS, GpuCapture, empty
@@ -81,11 +82,24 @@ def _schema(con: sqlite3.Connection, path: Path, tables: set[str]) -> dict:
 
 
 def _query(con: sqlite3.Connection, sql: str, columns: list[str]) -> pd.DataFrame:
-    """Rows of ``sql`` as a DataFrame, read in one fetch (faster than pandas' read_sql for wide tables)."""
+    """Rows of ``sql`` as a DataFrame, read in one fetch (for the small tables: ranges and their strings)."""
     rows = con.execute(sql).fetchall()
     if not rows:
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in columns})
     return pd.DataFrame.from_records(rows, columns=columns, coerce_float=False)
+
+
+def _int_columns(con: sqlite3.Connection, table: str, exprs: list[str], chunk: int = 65_536) -> list[np.ndarray]:
+    """The integer columns ``exprs`` (SQL expressions, never NULL: coalesce them) of every row of ``table``,
+    as int64 arrays. Fetched ``chunk`` rows at a time, each chunk turned into an array at once: the Python
+    objects of a few thousand rows live at a time, not of millions (3M kernel rows: ~7 s, ~0.2 GB)."""
+    cur = con.execute(f"select {', '.join(exprs)} from {table}")
+    parts: list[np.ndarray] = []
+    while rows := cur.fetchmany(chunk):
+        parts.append(np.array(rows, dtype=np.int64).reshape(len(rows), len(exprs)))
+    if not parts:
+        return [np.empty(0, dtype=np.int64) for _ in exprs]
+    return [np.concatenate([p[:, i] for p in parts]) for i in range(len(exprs))]
 
 
 def _strings(con, tables) -> pd.Series:
@@ -95,16 +109,18 @@ def _strings(con, tables) -> pd.Series:
     return pd.Series(dict(ids), dtype=object)
 
 
-def _named(ids: pd.Series, strings: pd.Series) -> pd.Series:
-    """String ids as a categorical of their strings: one string object per distinct name, however many rows."""
-    codes, uniques = pd.factorize(ids)
+def _categorical(codes: np.ndarray, names: list[str]) -> pd.Categorical:
+    """``names[codes]`` as a categorical of Python strings (names unique)."""
+    return pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=object))
+
+
+def _named(ids, strings: pd.Series) -> pd.Categorical:
+    """String ids as a categorical of their strings: one string object per distinct name, however many rows
+    (ids of one string merged; an id without a string is named "(string N)")."""
+    codes, uniques = pd.factorize(np.asarray(ids))
     names = [str(strings.get(u, f"(string {u})")) for u in uniques]
-    if len(set(names)) == len(names):
-        cat = pd.Categorical.from_codes(codes, categories=names) if (codes >= 0).all() else None
-        if cat is not None:
-            return pd.Series(cat, index=ids.index)
-    labels = np.array([*names, "(unnamed)"], dtype=object)
-    return pd.Series(pd.Categorical(labels[codes]), index=ids.index)  # codes of -1 (no id) pick "(unnamed)"
+    merged, categories = pd.factorize(pd.Series(names, dtype=object))
+    return _categorical(merged[codes], list(categories))
 
 
 def _ranges(con, tables, strings, warnings) -> pd.DataFrame:
@@ -121,7 +137,8 @@ def _ranges(con, tables, strings, warnings) -> pd.DataFrame:
         warnings.append("NVTX_EVENTS holds no closed push/pop or start/end range")
         return empty(RANGE_COLUMNS)
     text = df["text"].where(df["text"].notna(), df["textId"].map(strings)).fillna("(unnamed)").astype(str)
-    prefix = df["domain"].map(lambda d: f"{domains[d]}:" if d in domains and domains[d] else "")
+    prefixes = {d: f"{name}:" for d, name in domains.items() if name}
+    prefix = df["domain"].map(prefixes).fillna("") if prefixes else ""
     out = pd.DataFrame({
         "start": df["start"].astype("int64"), "end": df["end"].astype("int64"),
         "style": df["type"].map(STYLES), "name": prefix + text, "text": text,
@@ -135,55 +152,56 @@ def _launches(con, tables, strings, warnings) -> pd.DataFrame:
     if "CUPTI_ACTIVITY_KIND_RUNTIME" not in tables:
         warnings.append("no CUPTI_ACTIVITY_KIND_RUNTIME table: GPU work cannot be tied to the ranges that launched it")
         return empty(LAUNCH_COLUMNS)
-    df = _query(con, "select start, end, globalTid, correlationId, nameId from CUPTI_ACTIVITY_KIND_RUNTIME",
-                ["start", "end", "tid", "correlation", "nameId"])  # fmt: skip
-    df["pid"] = pid_of(df["tid"])
-    df["name"] = _named(df["nameId"], strings)
-    return df[list(LAUNCH_COLUMNS)]
+    start, end, tid, corr, name = _int_columns(con, "CUPTI_ACTIVITY_KIND_RUNTIME", [
+        "start", "end", "coalesce(globalTid, 0)", "coalesce(correlationId, -1)", "nameId"])  # fmt: skip
+    return pd.DataFrame({"start": start, "end": end, "tid": tid, "pid": pid_of(tid), "correlation": corr,
+                         "name": _named(name, strings)})[list(LAUNCH_COLUMNS)]  # fmt: skip
+
+
+#: a GPU table's columns read, as SQL expressions (never NULL), in the order start, end, device, stream,
+#: correlation, pid (globalPid), then the table's own: the name's source and the graph node (-1: none)
+_GPU_COMMON = ["start", "end", "deviceId", "streamId", "coalesce(correlationId, -1)", "coalesce(globalPid, 0)"]
 
 
 def _gpu(con, tables, strings, warnings) -> pd.DataFrame:
-    parts = []
+    parts = []  # (kind, columns, name Categorical, graph node or None)
     if "CUPTI_ACTIVITY_KIND_KERNEL" in tables:
         cols = {r[1] for r in con.execute("pragma table_info(CUPTI_ACTIVITY_KIND_KERNEL)")}
-        node = "graphNodeId" if "graphNodeId" in cols else "null"
-        k = _query(con, f"select start, end, deviceId, streamId, correlationId, globalPid, demangledName, {node} "
-                        "from CUPTI_ACTIVITY_KIND_KERNEL",
-                   ["start", "end", "device", "stream", "correlation", "pid", "nameId", "graph_node"])  # fmt: skip
-        k["kind"] = "kernel"
-        k["name"] = _named(k["nameId"], strings).astype(object)
-        parts.append(k)
+        node = "coalesce(graphNodeId, -1)" if "graphNodeId" in cols else "-1"
+        *common, name, graph_node = _int_columns(con, "CUPTI_ACTIVITY_KIND_KERNEL", [*_GPU_COMMON, "demangledName", node])
+        parts.append(("kernel", common, _named(name, strings), graph_node))
     else:
         warnings.append("no CUPTI_ACTIVITY_KIND_KERNEL table: the capture has no kernels (nsys profile -t cuda)")
     if "CUPTI_ACTIVITY_KIND_MEMCPY" in tables:
-        m = _query(con, "select start, end, deviceId, streamId, correlationId, globalPid, copyKind, graphNodeId "
-                        "from CUPTI_ACTIVITY_KIND_MEMCPY",
-                   ["start", "end", "device", "stream", "correlation", "pid", "copyKind", "graph_node"])  # fmt: skip
-        m["kind"] = "memcpy"
-        m["name"] = m["copyKind"].map(lambda c: f"[CUDA memcpy {MEMCPY_KINDS.get(c, 'other')}]")
-        parts.append(m)
+        *common, kind, graph_node = _int_columns(con, "CUPTI_ACTIVITY_KIND_MEMCPY",
+                                                 [*_GPU_COMMON, "copyKind", "coalesce(graphNodeId, -1)"])  # fmt: skip
+        kinds, codes = np.unique(kind, return_inverse=True)
+        names = [f"[CUDA memcpy {MEMCPY_KINDS.get(c, 'other')}]" for c in kinds.tolist()]
+        parts.append(("memcpy", common, _categorical(codes, names), graph_node))
     if "CUPTI_ACTIVITY_KIND_MEMSET" in tables:
-        s = _query(con, "select start, end, deviceId, streamId, correlationId, globalPid from CUPTI_ACTIVITY_KIND_MEMSET",
-                   ["start", "end", "device", "stream", "correlation", "pid"])  # fmt: skip
-        s["kind"], s["name"], s["graph_node"] = "memset", "[CUDA memset]", None
-        parts.append(s)
+        common = _int_columns(con, "CUPTI_ACTIVITY_KIND_MEMSET", _GPU_COMMON)
+        parts.append(("memset", common, _categorical(np.zeros(len(common[0]), dtype=np.int8), ["[CUDA memset]"]), None))
     if "CUPTI_ACTIVITY_KIND_GRAPH_TRACE" in tables:
-        g = _query(con, "select start, end, deviceId, streamId, correlationId, globalPid, graphId "
-                        "from CUPTI_ACTIVITY_KIND_GRAPH_TRACE",
-                   ["start", "end", "device", "stream", "correlation", "pid", "graphId"])  # fmt: skip
-        g["kind"], g["graph_node"] = "graph", None
-        g["name"] = g["graphId"].map(lambda i: f"[CUDA graph {i}]")
-        parts.append(g)
-    parts = [p for p in parts if not p.empty]
+        *common, graph = _int_columns(con, "CUPTI_ACTIVITY_KIND_GRAPH_TRACE", [*_GPU_COMMON, "graphId"])
+        graphs, codes = np.unique(graph, return_inverse=True)
+        parts.append(("graph", common, _categorical(codes, [f"[CUDA graph {g}]" for g in graphs.tolist()]), None))
+    parts = [p for p in parts if len(p[1][0])]
     if not parts:
         return empty(GPU_COLUMNS)
-    df = pd.concat([p[list(GPU_COLUMNS)] for p in parts], ignore_index=True)
-    for c in ("start", "end", "device", "stream", "correlation", "pid"):
-        df[c] = df[c].astype("int64")
-    df["pid"] = pid_of(df["pid"])  # globalPid holds the process id as globalTid does
-    df["graph_node"] = pd.array(df["graph_node"], dtype="Int64")
-    df["kind"] = df["kind"].astype("category")
-    return df.sort_values("start", kind="stable").reset_index(drop=True)
+    start, end, device, stream, correlation, pid = (np.concatenate([p[1][i] for p in parts]) for i in range(6))
+    node = np.concatenate([p[3] if p[3] is not None else np.full(len(p[1][0]), -1, dtype=np.int64) for p in parts])
+    kinds = sorted(p[0] for p in parts)
+    kind_codes = np.repeat([kinds.index(p[0]) for p in parts], [len(p[1][0]) for p in parts]).astype(np.int8)
+    kind = pd.Categorical.from_codes(kind_codes, categories=kinds)
+    name = union_categoricals([p[2] for p in parts])
+    order = np.argsort(start, kind="stable")  # as the rows came: kernels, memcpys, memsets, graphs at equal starts
+    df = pd.DataFrame({
+        "start": start[order], "end": end[order], "kind": kind[order], "name": name[order], "device": device[order],
+        "stream": stream[order], "correlation": correlation[order],
+        "pid": pid_of(pid[order]),  # globalPid holds the process id as globalTid does
+        "graph_node": pd.arrays.IntegerArray(node[order], node[order] < 0),
+    })  # fmt: skip
+    return df[list(GPU_COLUMNS)]
 
 
 def _graph_mode(con, tables, gpu: pd.DataFrame) -> str | None:
