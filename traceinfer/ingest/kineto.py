@@ -1,9 +1,10 @@
 """torch.profiler (Kineto) Chrome traces as folded stacks: GPU kernels under the ranges that launched them,
-and CPU self time under ranges and ops.
+and CPU self time under ranges and ops; and as a GpuCapture, the tables nsys's reports are computed from.
 
     trace = load_trace("runs/r1/torch_trace.json.gz")   # a .json or .json.gz path, or the loaded dict
     gpu_stacks(trace)   step_[r];forward (graph)_[r];void gemv_kernel<...>_[k] 1834567
     cpu_stacks(trace)   step_[r];forward (eager)_[r];layer.3_[r];aten::mm_[n] 120500
+    capture_of_trace(trace)   -> ingest.capture.GpuCapture (analysis.gpu_trace's input when nsys is not there)
 
 The format is Chrome's Trace Event Format (https://docs.google.com/document/d/1CvAClvFfyA5R-PhYUmn5OOQtYMH4h6I0nSsKchNAySU)
 as Kineto writes it: complete events (``ph`` "X") with ``ts`` and ``dur`` in microseconds (three decimals:
@@ -21,7 +22,8 @@ nanoseconds), a ``cat`` per kind and ``pid``/``tid``. The kinds read here:
 Other kinds (gpu_user_annotation, python_function, ac2g flows, metadata, ...) are skipped. Events on one
 CPU thread nest by time: an event is the child of the innermost event still open at its start; a child
 that outlasts its parent (rounding, an unbalanced range) is clipped to the parent's end, so the self times
-of a thread add up exactly to the time its outermost events cover. Standard library only (no torch).
+of a thread add up exactly to the time its outermost events cover. No torch: the standard library, and
+pandas for ``capture_of_trace``'s tables.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from traceinfer.errors import IngestError
 from traceinfer.flamegraphs.folded import Folded, annotate, frame_name
+from traceinfer.ingest.capture import GPU_COLUMNS, LAUNCH_COLUMNS, GpuCapture, empty
 
 RANGE_CATS = frozenset({"user_annotation"})
 OP_CATS = frozenset({"cpu_op"})
@@ -90,6 +95,11 @@ class _Event:
 
 def _events(trace: Trace) -> list[_Event]:
     """The complete events of the kinds read here; malformed ones are counted and warned about."""
+    return _read_events(trace)[0]
+
+
+def _read_events(trace: Trace) -> tuple[list[_Event], float | None]:
+    """The events (as ``_events``) and the ``ts`` (us) their times count from: the first one's."""
     out = []
     bad = 0
     base: float | None = None  # µs; times relative to it keep their nanoseconds within a float's 53 bits
@@ -114,9 +124,9 @@ def _events(trace: Trace) -> list[_Event]:
             bad += 1
     if bad:
         warnings.warn(
-            f"ignored {bad} trace event{'s' if bad > 1 else ''} without a usable ts, dur or name", stacklevel=3
+            f"ignored {bad} trace event{'s' if bad > 1 else ''} without a usable ts, dur or name", stacklevel=4
         )
-    return out
+    return out, base
 
 
 def _frame(ev: _Event) -> str:
@@ -198,3 +208,99 @@ def gpu_stacks(trace: str | Path | Trace, ops: bool = False) -> Folded:
         path = launch_path.get(k.correlation) if k.correlation is not None else None
         folded.add((no_launch if path is None else path) + (annotate(k.name, "kernel"),), k.end - k.start)
     return folded
+
+
+# -- the trace as a GpuCapture ---------------------------------------------------------------------------
+
+#: Kineto's GPU event kinds -> the capture's
+GPU_KINDS = {"kernel": "kernel", "gpu_memcpy": "memcpy", "gpu_memset": "memset"}
+_FIELD = 0x1000000  # a thread id holds its process id as nsys's globalTid does: pid * 2**24 + tid
+
+
+class _TrackIds:
+    """Stable integers for a trace's (pid, tid) tracks: ``pid * 2**24 + tid`` (so ingest.nsys.pid_of gives
+    the pid back) when both are integers below 2**24, as Kineto writes them on Linux; otherwise numbers
+    counted down from 2**24 - 1 in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.other: dict = {}
+
+    def _part(self, value) -> int:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _FIELD:
+            return value
+        return self.other.setdefault(value, _FIELD - 1 - len(self.other))
+
+    def pid(self, track: tuple) -> int:
+        return self._part(track[0])
+
+    def tid(self, track: tuple) -> int:
+        return self._part(track[0]) * _FIELD + self._part(track[1])
+
+
+def capture_of_trace(trace: str | Path | Trace) -> GpuCapture:
+    """The trace's ranges, runtime calls and GPU work as a GpuCapture (ingest.capture), the tables
+    analysis.gpu_trace computes nsys's reports from:
+
+        ranges    every ``user_annotation`` event (a record_function range): style "PushPop", name and text
+                  the range's text, tid a stable integer per (pid, tid) (``pid * 2**24 + tid``), payload <NA>
+        launches  every ``cuda_runtime`` / ``cuda_driver`` event, its ``args.correlation`` (-1 without one)
+        gpu       every ``kernel`` / ``gpu_memcpy`` / ``gpu_memset`` event: kind kernel, memcpy or memset,
+                  Kineto's name, device and stream (the event's pid and tid), its correlation, and the pid
+                  of the launch with that correlation (-1: no launch in the trace); graph_node <NA>
+
+    Times are integer ns on the trace's clock (``ts`` us * 1000; each time counted from the first event's,
+    as the folded readers do, so a duration is exactly the one ``gpu_stacks`` adds up). Kineto lists the
+    kernels of a CUDA graph replay one by one, each with the cudaGraphLaunch's correlation: ``graph_trace``
+    is "node" when a cudaGraphLaunch started GPU work in the trace, else None. ``threads``: the trace's
+    thread names; ``meta["gpus"]``: its deviceProperties' names."""
+    source = "the trace given" if isinstance(trace, dict) else str(trace)
+    trace = load_trace(trace)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        events, base = _read_events(trace)
+    notes = [str(w.message) for w in caught]
+    base_ns = round(base * 1000) if base is not None else 0
+    ids = _TrackIds()
+    ranges = [(ev.start + base_ns, ev.end + base_ns, ev.name, ids.tid(ev.track), ids.pid(ev.track))
+              for ev in events if ev.cat in RANGE_CATS]  # fmt: skip
+    calls = [(ev.start + base_ns, ev.end + base_ns, ids.tid(ev.track), ids.pid(ev.track),
+              -1 if ev.correlation is None else ev.correlation, ev.name) for ev in events if ev.cat in RUNTIME_CATS]  # fmt: skip
+    launch_pid = {c[4]: c[3] for c in reversed(calls) if c[4] >= 0}  # a correlation's first call
+    work = [(ev.start + base_ns, ev.end + base_ns, GPU_KINDS[ev.cat], ev.name, _int(ev.track[0]), _int(ev.track[1]),
+             -1 if ev.correlation is None else ev.correlation) for ev in events if ev.cat in GPU_CATS]  # fmt: skip
+
+    def frame(rows: list, columns: tuple[str, ...]) -> pd.DataFrame:
+        return pd.DataFrame.from_records(rows, columns=list(columns)) if rows else empty(columns)
+
+    r = frame(ranges, ("start", "end", "name", "tid", "pid"))
+    r = pd.DataFrame({"start": r["start"].astype("int64"), "end": r["end"].astype("int64"), "style": "PushPop",
+                      "name": r["name"].astype(object), "text": r["name"].astype(object), "tid": r["tid"].astype("int64"),
+                      "pid": r["pid"].astype("int64"), "payload": pd.array([None] * len(r), dtype="Int64")})  # fmt: skip
+    r = r.sort_values(["start", "end"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    la = frame(calls, LAUNCH_COLUMNS)
+    la["name"] = la["name"].astype("category")
+    la = la.astype({c: "int64" for c in LAUNCH_COLUMNS if c != "name"}).sort_values("start", kind="stable")
+    g = frame(work, ("start", "end", "kind", "name", "device", "stream", "correlation"))
+    g["pid"] = [launch_pid.get(c, -1) for c in g["correlation"].tolist()]
+    g["graph_node"] = pd.array([None] * len(g), dtype="Int64")
+    g = g.astype({"start": "int64", "end": "int64", "device": "int64", "stream": "int64", "correlation": "int64",
+                  "pid": "int64", "kind": "category", "name": "category"})  # fmt: skip
+    g = g[list(GPU_COLUMNS)].sort_values("start", kind="stable").reset_index(drop=True)
+    graph_calls = {c[4] for c in calls if c[5].startswith("cudaGraphLaunch") and c[4] >= 0}
+    graph_trace = "node" if not graph_calls.isdisjoint(g["correlation"].tolist()) else None
+    threads = {}
+    for track, name in _thread_names(trace).items():
+        threads[ids.tid(track)] = name
+    props = trace.get("deviceProperties")
+    meta: dict = {"format": "kineto"}
+    if isinstance(props, list):
+        meta["gpus"] = [p.get("name") for p in props if isinstance(p, dict)]
+    if r.empty:
+        notes.append("no user_annotation events: the trace has no ranges (record_function)")
+    if g.empty:
+        notes.append("the trace holds no GPU work (no kernel, gpu_memcpy or gpu_memset events)")
+    return GpuCapture(source, r, la.reset_index(drop=True), g, threads, graph_trace, meta, notes)
+
+
+def _int(value) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
