@@ -146,3 +146,17 @@ def test_a_runs_capture_is_read_into_it_and_its_report_shows_the_gpu_time(node, 
     assert "gpu: the whole run" in md  # the flame graph, embedded
     out = capsys.readouterr().out
     assert "GPU busy" in out and "nsys-stats" in out
+
+
+def test_the_relaunched_profile_runs_the_workload_instead_of_relaunching(tmp_path, monkeypatch):
+    from traceinfer.cli import build_parser, options
+    from traceinfer.cli.nsys_capture import CHILD_ENV, child_argv
+
+    argv = ["traceinfer", "profile", "--nsys", "--out-root", "runs", "--workload", "chatbot", "--out=old"]
+    assert child_argv(argv, tmp_path / "run") == ["profile", "--workload", "chatbot", "--out", str(tmp_path / "run")]
+    (tmp_path / "traceinfer.toml").write_text("[probes]\nnsys_capture = true\n")
+    monkeypatch.chdir(tmp_path)
+    for key, value in CHILD_ENV.items():
+        monkeypatch.setenv(key, value)
+    args = build_parser().parse_args(child_argv(argv, tmp_path / "run"))
+    assert options.load(args).probes.nsys_capture is False

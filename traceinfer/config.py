@@ -143,6 +143,11 @@ class ProbesConfig:
     cuda_profiler_range: bool = option(True, "torch.cuda.profiler start/stop around the measured run "
                                        "(for nsys --capture-range=cudaProfilerApi)")  # fmt: skip
     memory_snapshot: bool = option(False, "record torch.cuda.memory history and write a snapshot (CUDA)")
+    nsys_capture: bool = option(False, "run the profile under Nsight Systems (nsys profile -t cuda,nvtx,osrt, CUDA "
+                                "graph nodes traced where nsys can), export its SQLite and read it into the run "
+                                "directory: nsys's tables, GPU idle gaps by host phase, a GPU flame graph",
+                                flag="nsys")  # fmt: skip
+    nsys: str = option("nsys", "the nsys executable for --nsys: a name on PATH or a path", flag="nsys-path")
     torch_profiler_shapes: bool = option(False, "torch_profiler probe: record every op's input shapes")
     torch_profiler_stacks: bool = option(False, "torch_profiler probe: record every op's Python stack (costly)")
     pyspy: bool = option(False, "sample the engine's process with py-spy (adds the pyspy probe): CPU flame graphs, "

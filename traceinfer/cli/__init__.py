@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "report": "report",
     "diff": "diff",
     "flamegraph": "flamegraph",
+    "nsys-stats": "nsys_stats",
     "bench": "bench",
     "workloads": "workloads",
     "generate": "generate",

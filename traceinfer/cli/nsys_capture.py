@@ -24,13 +24,10 @@ from pathlib import Path
 
 from traceinfer.errors import ConfigError
 
-#: set in the relaunched profile's environment, so that it runs the workload instead of relaunching again
-UNDER_NSYS = "TRACEINFER_UNDER_NSYS"
+#: the relaunched profile's environment: [probes] nsys_capture off (over traceinfer.toml), so that it runs
+#: the workload instead of relaunching again
+CHILD_ENV = {"TRACEINFER_PROBES_NSYS_CAPTURE": "false"}
 TRACES = "cuda,nvtx,osrt"
-
-
-def under_nsys() -> bool:
-    return os.environ.get(UNDER_NSYS) == "1"
 
 
 def find_nsys(name: str) -> str:
@@ -100,12 +97,12 @@ def relaunch(argv: list[str], out: Path, nsys_name: str, report_formats: list[st
            "--capture-range-end=stop", *graph, "--force-overwrite=true", "-o", str(stem),
            sys.executable, "-m", "traceinfer.cli", *child_argv(argv, out)]  # fmt: skip
     print(f"traceinfer profile --nsys: {' '.join(cmd[:len(cmd) - len(child_argv(argv, out)) - 3])} ...")
-    env = {**os.environ, UNDER_NSYS: "1"}
+    env = {**os.environ, **CHILD_ENV}
     try:
         rc, tail = _stream(cmd, env)
     except OSError as exc:
         raise ConfigError(f"--nsys: {nsys} could not be started: {exc}") from None
-    rep = stem.with_suffix(".nsys-rep")
+    rep = stem.parent / f"{stem.name}.nsys-rep"
     if not rep.exists():
         raise ConfigError(f"--nsys: {nsys} profile wrote no capture (exit {rc}): {_last_line(tail)}")
     if not out.is_dir():

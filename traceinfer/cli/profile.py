@@ -19,7 +19,7 @@ import time
 import warnings
 from pathlib import Path
 
-from traceinfer.cli import options
+from traceinfer.cli import nsys_capture, options
 from traceinfer.cli.report import parse_formats
 from traceinfer.errors import ConfigError, TraceinferError
 
@@ -83,7 +83,7 @@ def _profile(args: argparse.Namespace) -> int:
 
     config = options.load(args)
     names = resolve_probes(config.probes.selection)  # bad input fails before the model loads
-    parse_formats(config.report.formats, "--report-formats", allow_none=True)
+    formats = parse_formats(config.report.formats, "--report-formats", allow_none=True)
     device = dev.resolve_device(config.engine.device)
     on_cuda = device.type == "cuda"
     engine_config = dataclasses.replace(config.engine, device=str(device), model=dev.resolve_model(config.engine.model, device))
@@ -94,6 +94,10 @@ def _profile(args: argparse.Namespace) -> int:
         check_new_run_dir(out)
     except TraceinferError as exc:
         raise ConfigError(f"--out: {exc}") from None
+    if config.probes.nsys_capture:  # this same profile, relaunched under nsys (where nsys_capture is off)
+        if not on_cuda:
+            raise ConfigError(f"--nsys: Nsight Systems traces CUDA work; this run is on {device} (--device cuda)")
+        return nsys_capture.relaunch(args.argv, out, config.probes.nsys, formats)
     display = Display(live=None if config.output.progress else False)
     endpoint = open_endpoint(config.telemetry)  # binds now: a port in use fails before the model loads
 
