@@ -86,6 +86,13 @@ def test_gaps_and_busy_time_add_up_to_the_span_and_every_gap_has_a_phase(capture
     assert gaps.by_phase["idle_ns"].is_monotonic_decreasing
     phases = set(gaps.by_phase["phase"])
     assert {"prepare", "sample", "forward launch", gpu_trace.GC_PAUSE, gpu_trace.PROBE_WORK} <= phases
+    # with nodes traced, the gaps between one replay's kernels are the GPU's own, not a host phase's
+    inside = gaps.gaps[gaps.gaps["phase"] == gpu_trace.INSIDE_LAUNCH]
+    if mode == "node":
+        replays = len(cap.ranges[cap.ranges["text"] == "forward (graph)"])
+        assert len(inside) > 10 * replays and inside["dur_ns"].median() < 2_000
+    else:
+        assert inside.empty
     # the run's clock placed on the capture's by the step ranges: every step starts within 50 us of its range
     assert t["run_offset_ns"] is not None
     steps = run.frame("steps").set_index("step")["t_ns"] - t["run_offset_ns"]

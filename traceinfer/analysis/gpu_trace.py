@@ -319,6 +319,7 @@ PHASE_OF_RANGE = {"schedule": "schedule", "prepare": "prepare", "forward (graph)
 BETWEEN_STEPS = "between steps"
 GC_PAUSE = "GC pause"
 PROBE_WORK = "probe work (handover)"
+INSIDE_LAUNCH = "inside one launch (between a graph replay's nodes)"
 
 
 @dataclass
@@ -345,11 +346,12 @@ def busy_intervals(gpu: pd.DataFrame) -> pd.DataFrame:
     new = np.empty(len(s), dtype=bool)
     new[0] = True
     new[1:] = s[1:] > reach[:-1]
-    group = np.cumsum(new) - 1
-    starts = s[new]
-    ends = np.maximum.reduceat(e, np.flatnonzero(new))
-    del group
-    return pd.DataFrame({"start": starts, "end": ends})
+    firsts = np.flatnonzero(new)
+    lasts = np.append(firsts[1:] - 1, len(s) - 1)
+    # the launch of each interval's first and last work item: (pid, correlation) as one integer
+    launch = (g["pid"].to_numpy(np.int64) << 32) | (g["correlation"].to_numpy(np.int64) & 0xFFFFFFFF)
+    return pd.DataFrame({"start": s[firsts], "end": np.maximum.reduceat(e, firsts),
+                         "first_launch": launch[firsts], "last_launch": launch[lasts]})  # fmt: skip
 
 
 def step_offset(cap: GpuCapture, steps: pd.DataFrame) -> int | None:
@@ -442,7 +444,18 @@ def gpu_gaps(cap: GpuCapture, steps: pd.DataFrame | None = None, gc: pd.DataFram
     gaps = pd.DataFrame({"start": busy["end"].to_numpy()[:-1], "end": busy["start"].to_numpy()[1:]})
     gaps["dur_ns"] = gaps["end"] - gaps["start"]
     offset = step_offset(cap, steps) if steps is not None else None
-    pieces = _split(gaps, _host_segments(cap, steps, gc, offset))
+    # a gap between two items of one launch (the nodes of one graph replay) is the GPU's own, whatever the
+    # host was doing; the others are split over the host phase running then
+    inside = (busy["last_launch"].to_numpy()[:-1] == busy["first_launch"].to_numpy()[1:])
+    outside = np.flatnonzero(~inside)
+    pieces = _split(gaps.iloc[outside].reset_index(drop=True), _host_segments(cap, steps, gc, offset))
+    categories = [*pieces["phase"].cat.categories, INSIDE_LAUNCH]
+    pieces = pd.concat([
+        pd.DataFrame({"gap": outside[pieces["gap"].to_numpy(np.int64)],
+                      "phase": pd.Categorical(pieces["phase"], categories=categories), "ns": pieces["ns"].to_numpy()}),
+        pd.DataFrame({"gap": np.flatnonzero(inside), "phase": pd.Categorical([INSIDE_LAUNCH] * int(inside.sum()), categories=categories),
+                      "ns": gaps["dur_ns"].to_numpy()[inside]}),
+    ], ignore_index=True)  # fmt: skip
     # phases as codes (their names sorted): the ns of each (gap, phase), in gap then phase order
     phases = np.asarray(pieces["phase"].cat.categories, dtype=object)
     key = pieces["gap"].to_numpy(np.int64) * len(phases) + pieces["phase"].cat.codes.to_numpy(np.int64)
