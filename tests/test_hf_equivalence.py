@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from traceinfer import LLM, SamplingParams
 from tests.conftest import ARCHS
+from traceinfer import LLM, SamplingParams
 
 NEW_TOKENS = 32
 

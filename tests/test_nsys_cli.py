@@ -160,3 +160,13 @@ def test_the_relaunched_profile_runs_the_workload_instead_of_relaunching(tmp_pat
         monkeypatch.setenv(key, value)
     args = build_parser().parse_args(child_argv(argv, tmp_path / "run"))
     assert options.load(args).probes.nsys_capture is False
+
+
+def test_a_torch_profiler_trace_gives_the_same_tables_without_nsys(capsys):
+    trace = Path(__file__).parent / "data" / "torch_trace.json.gz"
+    assert main(["nsys-stats", str(trace), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {r["range"] for r in doc["nvtx_sum"]} >= {"step", "prepare", "sample"}
+    assert doc["cuda_gpu_kern_sum"] and doc["nvtx_gpu_proj_sum"]
+    t = doc["gpu_gaps"]["totals"]
+    assert t["busy_ns"] + t["idle_ns"] == t["span_ns"] > 0

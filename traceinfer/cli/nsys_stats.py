@@ -2,6 +2,7 @@
 
     traceinfer nsys-stats FILE.sqlite [--report NAME[,NAME]] [--json] [--run RUN]
     traceinfer nsys-stats RUN                  # a run profiled with --nsys: its nsys.sqlite, joined to its streams
+    traceinfer nsys-stats TRACE.json.gz        # without nsys: a torch.profiler trace (the torch_profiler probe's)
 
 Reports: nvtx_sum, nvtx_gpu_proj_sum and cuda_gpu_kern_sum give the figures ``nsys stats -r NAME`` gives
 for the same file; gpu_gaps is the GPU's busy share and every idle gap between its work split over the
@@ -17,7 +18,7 @@ import json
 from pathlib import Path
 
 from traceinfer.errors import ConfigError
-from traceinfer.rundir.schema import NSYS_SQLITE
+from traceinfer.rundir.schema import NSYS_SQLITE, TORCH_TRACE
 
 HELP = "nsys's tables (nvtx_sum, nvtx_gpu_proj_sum, cuda_gpu_kern_sum) and GPU idle gaps from an nsys SQLite export"
 
@@ -26,7 +27,8 @@ REPORTS = ("nvtx_sum", "nvtx_gpu_proj_sum", "cuda_gpu_kern_sum", "gpu_gaps")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="FILE", help="an nsys SQLite export, or a run directory profiled with --nsys")
+    parser.add_argument("source", metavar="FILE", help="an nsys SQLite export, a torch.profiler trace (.json[.gz]), or a "
+                                                       "run directory profiled with --nsys or the torch_profiler probe")
     parser.add_argument("--report", default=",".join(REPORTS), metavar="NAME[,NAME]",
                         help=f"one or more of: {', '.join(REPORTS)} (default: all)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="the tables as JSON (times in integer nanoseconds)")
@@ -46,11 +48,27 @@ def resolve(source: str, run: str | None) -> tuple[Path, Path | None]:
     """(the export, the run directory to join or None) from the command's arguments."""
     path = Path(source)
     if path.is_dir():
-        export = path / NSYS_SQLITE
-        if not export.exists():
-            raise ConfigError(f"{path} holds no {NSYS_SQLITE} (profile it with --nsys, or name an export)")
+        export = next((path / name for name in (NSYS_SQLITE, TORCH_TRACE) if (path / name).exists()), None)
+        if export is None:
+            raise ConfigError(f"{path} holds neither {NSYS_SQLITE} (profile it with --nsys) nor {TORCH_TRACE} "
+                              "(--probes default,torch_profiler)")  # fmt: skip
         return export, Path(run) if run else path
     return path, Path(run) if run else None
+
+
+def is_kineto(path: Path) -> bool:
+    return path.name.endswith((".json", ".json.gz"))
+
+
+def read_capture(path: Path):
+    """An nsys SQLite export, or a torch.profiler (Kineto) trace (``.json`` / ``.json.gz``), as a GpuCapture."""
+    if is_kineto(path):
+        from traceinfer.ingest.kineto import capture_of_trace
+
+        return capture_of_trace(path)
+    from traceinfer.ingest.nsys import read_nsys
+
+    return read_nsys(path)
 
 
 def run_frames(run_dir: Path | None):
@@ -81,12 +99,11 @@ def tables(cap, names: list[str], steps=None, gc=None, top: int = 0) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from traceinfer.analysis.gpu_trace import NSYS_HEADERS, records
-    from traceinfer.ingest.nsys import read_nsys
     from traceinfer.render.nsys_text import table_text
 
     names = parse_reports(args.report)
     export, run_dir = resolve(args.source, args.run_dir)
-    cap = read_nsys(export)
+    cap = read_capture(export)
     steps, gc = run_frames(run_dir)
     result = tables(cap, names, steps, gc, args.top)
     if args.json:

@@ -85,7 +85,6 @@ def measure_bandwidth(device: torch.device, nbytes: int | None = None, repeats: 
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
     seconds = time_op(lambda: dst.copy_(src), device, repeats)
-    del src, dst
     return 2 * nbytes / seconds
 
 
@@ -95,7 +94,6 @@ def measure_matmul(device: torch.device, dtype: torch.dtype, n: int | None = Non
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     seconds = time_op(lambda: torch.mm(a, b), device, repeats)
-    del a, b
     return 2.0 * n**3 / seconds
 
 
