@@ -49,18 +49,26 @@ class KVState:
 
     @classmethod
     def from_snapshot(cls, state: dict) -> KVState:
-        """From a 'snapshot' row's state (traceinfer.probes.kv_events.block_manager_state)."""
-        hashes = list(state["hashes"])
+        """From a 'snapshot' row's state (traceinfer.probes.kv_events.block_manager_state): sparse (free
+        queue runs and the blocks that hold something) or, in runs written before 2026-11-30, every block's
+        lists in full."""
+        n = state["num_blocks"]
+        if "free_runs" in state:
+            ref_counts, hashes, parents = [0] * n, [None] * n, [None] * n
+            tokens: list = [None] * n
+            for block_id, ref, h, parent, toks in state["blocks"]:
+                ref_counts[block_id], hashes[block_id], parents[block_id] = ref, h, parent
+                tokens[block_id] = tuple(toks) if toks is not None else None
+            free = [i for first, count in state["free_runs"] for i in range(first, first + count)]
+        else:
+            ref_counts, hashes, parents = list(state["ref_counts"]), list(state["hashes"]), list(state["parent_hashes"])
+            tokens = [tuple(t) if t is not None else None for t in state["token_ids"]]
+            free = list(state["free_queue"])
         return cls(
-            num_blocks=state["num_blocks"],
-            block_size=state["block_size"],
-            ref_counts=list(state["ref_counts"]),
-            hashes=hashes,
-            parent_hashes=list(state["parent_hashes"]),
-            token_ids=[tuple(t) if t is not None else None for t in state["token_ids"]],
-            free_queue=list(state["free_queue"]),
+            num_blocks=n, block_size=state["block_size"], ref_counts=ref_counts, hashes=hashes,
+            parent_hashes=parents, token_ids=tokens, free_queue=free,
             cached={h: b for b, h in enumerate(hashes) if h is not None},
-        )
+        )  # fmt: skip
 
 
 def _frame(kv) -> pd.DataFrame:

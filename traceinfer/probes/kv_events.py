@@ -23,18 +23,47 @@ from traceinfer.probes.base import Probe, ProbeContext
 VLLM_EVENTS = {"stored": "BlockStored", "evict": "BlockRemoved", "reset": "AllBlocksCleared"}
 
 
+def free_runs(free: list[int]) -> list[list[int]]:
+    """``free`` (block ids) as runs of consecutive ids ``[first, count]``, in order. Each run is grown by
+    comparing doubling slices with a range (C-speed), so a queue of 4M ids in a few runs takes milliseconds."""
+    runs, i, n = [], 0, len(free)
+    while i < n:
+        first, j, width = free[i], i + 1, 1
+        while j < n:
+            k = min(n, j + width)
+            if free[j:k] == list(range(first + j - i, first + k - i)):
+                j, width = k, width * 2
+            elif width == 1:
+                break
+            else:
+                width = 1
+        runs.append([first, j - i])
+        i = j
+    return runs
+
+
 def block_manager_state(bm) -> dict:
-    """Everything replay needs to start from: the block manager's state as plain lists."""
+    """Everything replay needs to start from, sparse: the free queue as runs of consecutive block ids
+    ``[first, count]`` (least recently used first), and only the blocks that hold something, a reference
+    (not free) or a prefix-cache hash (in ``bm.cached``), as ``[id, ref_count, hash, parent_hash,
+    token_ids]``. A pool of 4M blocks (a tiny model on a large GPU) is a few runs and rows, not five lists
+    of 4M entries."""
+    runs = free_runs(list(bm.free_queue))
+    used, at = [], 0
+    for first, count in sorted(runs):  # the ids between the free runs are held
+        used.extend(range(at, first))
+        at = first + count
+    used.extend(range(at, bm.num_blocks))
+    held = sorted({*used, *bm.cached.values()})
+    blocks = [bm.blocks[i] for i in held]
     return {
         "num_blocks": bm.num_blocks,
         "block_size": bm.block_size,
         "enable_prefix_caching": bm.enable_prefix_caching,
-        "free_queue": list(bm.free_queue),  # least recently used first
-        "ref_counts": [b.ref_count for b in bm.blocks],
-        "hashes": [b.hash for b in bm.blocks],
-        "parent_hashes": [b.parent_hash for b in bm.blocks],
-        "token_ids": [list(b.token_ids) if b.token_ids is not None else None for b in bm.blocks],
-    }
+        "free_runs": runs,
+        "blocks": [[b.block_id, b.ref_count, b.hash, b.parent_hash, list(b.token_ids) if b.token_ids is not None else None]
+                   for b in blocks],
+    }  # fmt: skip
 
 
 class KVEventProbe(Probe):

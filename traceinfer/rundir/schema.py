@@ -174,8 +174,9 @@ STREAMS: dict[str, StreamSchema] = {
                 ("num_free", "int", "blocks", "free blocks after the op (includes cached evictable ones)"),
                 ("num_used", "int", "blocks", "blocks held by requests after the op"),
                 ("num_cached", "int", "blocks", "blocks in the prefix cache after the op"),
-                ("state", "json", "", "snapshot only: {num_blocks, block_size, enable_prefix_caching, free_queue, "
-                 "ref_counts, hashes, parent_hashes, token_ids}"),
+                ("state", "json", "", "snapshot only: {num_blocks, block_size, enable_prefix_caching, free_runs: "
+                 "[[first block id, count], ...] in free-queue order, blocks: [[id, ref_count, hash, parent_hash, "
+                 "token_ids], ...] of the blocks holding a reference or a hash}"),
             ),
             # one packed row per handover (once per step, during the forward): the ops since the last one
             packed=("t_ns", "step", "op", "vllm_event", "request_id", "block_ids", "block_hashes",
