@@ -43,7 +43,9 @@ def test_requests_arrive_on_time_and_ttft_counts_from_arrival(llm):
     assert result.seconds >= workload.arrival_s[-1]  # a pass lasts at least until the last arrival
     assert all(times[0] > a for a, times in result.timings)  # TTFT is measured from the arrival
     assert result.output_tokens == workload.max_output_tokens and result.details["arrival"] == workload.arrival
-    assert max(running) < workload.num_requests  # they did not all run at once: they arrived over time
+    # they did not all run at once: the first step saw only what had arrived by then (a loaded machine's
+    # slow steps may let all the others arrive before the second step, so only the first is certain)
+    assert running[0] < workload.num_requests
 
 
 def test_max_concurrency_holds_requests_back(llm):
