@@ -19,7 +19,7 @@ import sys
 import time
 
 from traceinfer import workloads
-from traceinfer.analysis.overhead import describe_overhead, interleaved_overhead
+from traceinfer.analysis.overhead import describe_overhead, describe_paired, interleaved_overhead, paired_cost
 from traceinfer.config import EngineConfig, WorkloadConfig
 from traceinfer.engine import device as dev
 from traceinfer.engine.llm_engine import LLM
@@ -70,6 +70,10 @@ def main() -> None:
         server.close()
     o = interleaved_overhead(runs["attached"], runs["unattached"])
     print(describe_overhead(o).replace("probe cost", "attached top's cost"))
+    paired = paired_cost(runs["attached"], runs["unattached"])
+    if paired:
+        print(f"attached top's cost round by round: {describe_paired(paired)}")
+    o["paired"] = paired
     print(json.dumps({**o, "device": dev.device_name(device), "probes": a.probes, "refresh_hz": a.refresh_hz,
                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}))  # fmt: skip
 

@@ -195,3 +195,20 @@ def test_bench_errors_are_one_line(capsys):
     assert capsys.readouterr().err == "traceinfer bench: error: --repeat must be >= 1, got 0\n"
     assert main(["bench", "--device", "cpu", "--probes", "off,nope"]) == 2
     assert "unknown probe 'nope'" in capsys.readouterr().err
+
+
+def test_a_paired_cost_has_an_interval_that_resolves_what_the_spread_cannot():
+    """Round by round: a 1% cost under a +-3% drift both sets share is resolved by pairing; the same
+    passes unpaired are not; identical sets give an interval around zero; under 6 rounds there is none."""
+    from traceinfer.analysis.overhead import interleaved_overhead, paired_cost
+
+    drift = [1.00, 1.03, 0.97, 1.02, 0.98, 1.01, 0.99, 1.03, 0.97]
+    off = [10_000 * d for d in drift]
+    probed = [x * (0.99 + 0.001 * (i % 3 - 1)) for i, x in enumerate(off)]  # 1% +- 0.1%
+    p = paired_cost(probed, off)
+    assert p["resolved"] and p["cost_pct"] == pytest.approx(1.0, abs=0.11) and p["rounds"] == 9
+    assert 0.8 < p["ci_pct"][0] <= p["cost_pct"] <= p["ci_pct"][1] < 1.2 and p["coverage"] >= 0.95
+    assert not interleaved_overhead(probed, off)["resolved"]  # the spread of the passes hides it
+    same = paired_cost(off, off)
+    assert same["ci_pct"] == [0.0, 0.0] and not same["resolved"] and same["upper_pct"] == 0.0
+    assert paired_cost(probed[:5], off[:5]) is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 
@@ -56,3 +57,34 @@ def describe_overhead(o: dict) -> str:
                 f"from run-to-run drift (--overhead-passes 3 or more measures it)")  # fmt: skip
     return (f"probe cost not resolved: the medians of {passes} differ by {o['cost_pct']:+.1f}%, within the "
             f"+-{o['spread_pct']:.1f}% the passes stray from their median")  # fmt: skip
+
+
+def paired_cost(probed_tok_s: Sequence[float], base_tok_s: Sequence[float], confidence: float = 0.95) -> dict | None:
+    """The cost of the probed passes against the base passes run beside them, round by round: each round's
+    cost 100 * (1 - probed / base), their median, and a distribution-free confidence interval for that
+    median (order statistics of the round costs; the binomial gives its coverage, at least ``confidence``).
+    Pairing cancels the drift both passes of a round share (clocks, heat, other load), so the interval is
+    narrower than the passes' spread. Resolved: the interval excludes 0. ``upper_pct`` bounds the cost
+    from above ("under 1%" holds when it is below 1). None with fewer than 6 rounds (no 95% interval)."""
+    n = min(len(probed_tok_s), len(base_tok_s))
+    costs = sorted(100.0 * (1.0 - p / b) for p, b in zip(probed_tok_s[:n], base_tok_s[:n]))
+    # the largest k with P(Binomial(n, 1/2) < k) <= (1 - confidence) / 2: [costs[k-1], costs[n-k]] covers
+    tail, k = 0.0, 0
+    while k < n // 2:
+        nxt = tail + math.comb(n, k) / 2**n
+        if nxt > (1 - confidence) / 2:
+            break
+        tail, k = nxt, k + 1
+    if k == 0:
+        return None
+    lo, hi = costs[k - 1], costs[n - k]
+    return {"cost_pct": statistics.median(costs), "ci_pct": [lo, hi], "coverage": 1 - 2 * tail, "rounds": n,
+            "resolved": lo > 0 or hi < 0, "upper_pct": hi, "method": "median of per-round paired costs; "
+            "order-statistic interval (sign test)"}  # fmt: skip
+
+
+def describe_paired(p: dict) -> str:
+    lo, hi = p["ci_pct"]
+    verdict = f"resolved: {p['cost_pct']:+.2f}%" if p["resolved"] else f"not resolved, under {hi:.2f}%"
+    return (f"{verdict} (median of {p['rounds']} paired rounds {p['cost_pct']:+.2f}%, "
+            f"{100 * p['coverage']:.0f}% interval {lo:+.2f}..{hi:+.2f}%)")  # fmt: skip

@@ -70,7 +70,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     """Measure the device, run our engine (and HF), compute the floor; returns the JSON-ready result."""
     from traceinfer import workloads
     from traceinfer.analysis.floor import ModelCost, physical_floor
-    from traceinfer.analysis.overhead import probe_costs, spread_pct
+    from traceinfer.analysis.overhead import paired_cost, probe_costs, spread_pct
     from traceinfer.engine import device as dev
     from traceinfer.engine.llm_engine import LLM
     from traceinfer.passes.engine import median_pass, probed_passes, warm_up
@@ -151,6 +151,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "probe_runs": {s: pass_json(r) for s, r in medians.items()},
         "probe_cost_pct": probe_costs({s: r.output_tok_s for s, r in medians.items()}),
         "probe_off_spread_pct": spread_pct(medians["off"].details["output_tok_s_runs"]) if "off" in medians else None,
+        # each set against off round by round (the passes of a round run side by side): None under 6 rounds
+        "probe_cost_paired": {s: paired_cost(r.details["output_tok_s_runs"], medians["off"].details["output_tok_s_runs"])
+                              for s, r in medians.items() if s != "off"} if "off" in medians else None,
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from traceinfer.analysis.latency import PERCENTILES
+from traceinfer.analysis.overhead import describe_paired
 
 
 def _si(value: float, unit: str) -> str:
@@ -60,6 +61,11 @@ def format_report(result: dict) -> str:
         if spread is not None:
             lines.append(f"(runs of off lie within +-{spread:.1f}% of their median: smaller costs are within the "
                          "run-to-run drift; more --repeat narrows the medians)")  # fmt: skip
+        paired = {k: v for k, v in (result.get("probe_cost_paired") or {}).items() if v}
+        for spec, p in paired.items():
+            lines.append(f"{spec} against off, round by round: {describe_paired(p)}")
+        if result.get("probe_cost_paired") and not paired:
+            lines.append("(--repeat 6 or more gives each set's cost against off round by round, with an interval)")
     steps = ours["details"]["steps"]
     rates = result["device_rates"]
     lines += [
