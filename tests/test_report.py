@@ -91,9 +91,18 @@ def test_a_clean_run_finds_no_planted_problem(tmp_path):
     assert report.findings[0].id not in PLANTED, [f.id for f in report.findings]
 
 
+def cyclic_garbage(n: int = 20_000) -> None:
+    """``n`` objects in reference cycles, left for the collector: what a serving loop that allocates per
+    step gives gc.collect() to do (so the pauses scale with the machine's speed as the steps do)."""
+    for _ in range(n // 2):
+        a, b = [], []
+        a.append(b)
+        b.append(a)
+
+
 def test_gc_collect_every_step_is_the_first_finding(tmp_path):
     def plant(engine):
-        return engine.hooks.subscribe(lambda p, ph, t, f: ph == "B" and gc.collect(), ("step",))
+        return engine.hooks.subscribe(lambda p, ph, t, f: ph == "B" and (cyclic_garbage(), gc.collect()), ("step",))
 
     report = report_of_run(profiled(tmp_path, "gc", plant, num_kv_blocks=512))
     first = report.findings[0]
