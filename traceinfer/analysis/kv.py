@@ -195,17 +195,23 @@ def hit_rate(hits: pd.DataFrame) -> float | None:
     return float(hits["hit_tokens"].sum() / queries) if queries else None
 
 
-def _explode(lists: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """A list column flattened: (the elements as int64, the length of each row's list; null: 0)."""
+def _lengths(lists: pd.Series) -> np.ndarray:
+    """The length of each row's list (null: 0), as int64."""
     if isinstance(lists.dtype, pd.ArrowDtype):  # lists kept as Arrow: no Python objects
-        lengths = lists.list.len().fillna(0).to_numpy(np.int64)
-        return lists.list.flatten().to_numpy(np.int64), lengths
+        return lists.list.len().fillna(0).to_numpy(np.int64)
     values = lists.to_numpy()
     null = pd.isna(values)
-    if null.any():
-        values = values[~null]
     lengths = np.zeros(len(null), dtype=np.int64)
-    lengths[~null] = np.fromiter(map(len, values), np.int64, len(values))
+    lengths[~null] = np.fromiter(map(len, values[~null]), np.int64, int(len(values) - null.sum()))
+    return lengths
+
+
+def _explode(lists: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A list column flattened: (the elements as int64, the length of each row's list; null: 0)."""
+    lengths = _lengths(lists)
+    if isinstance(lists.dtype, pd.ArrowDtype):
+        return lists.list.flatten().to_numpy(np.int64), lengths
+    values = lists.to_numpy()[lengths > 0]
     return np.fromiter(itertools.chain.from_iterable(values), np.int64, int(lengths.sum())), lengths
 
 
@@ -218,20 +224,24 @@ def _block_events(kv: pd.DataFrame, ops: tuple[str, ...]) -> dict[str, np.ndarra
     """One event per (op, block) of the ``ops`` rows, in log order: kind, block, t_ns, place (its order
     in the log). A release whose reference count did not reach zero is kind _NONE (it changes nothing)."""
     op = kv["op"]
-    rows = np.flatnonzero(op.isin(ops).to_numpy())
-    sel = kv[["op", "block_ids", "ref_counts"]].iloc[rows]  # not the other columns: token lists are large
-    block, lengths = _explode(sel["block_ids"])
-    codes, names = pd.factorize(sel["op"])
+    selected = op.isin(ops).to_numpy()
+    rows = np.flatnonzero(selected)
+    # every row's list flattened, then the selected rows' elements kept: cheaper than taking rows of
+    # Arrow list columns (a copy of each list)
+    block, lengths = _explode(kv["block_ids"])
+    block, lengths = block[np.repeat(selected, lengths)], lengths[rows]
+    codes, names = pd.factorize(op.iloc[rows])
     kind_of_row = np.array([_KINDS.get(name, _NONE) for name in names] + [_NONE], dtype=np.int8)[codes]
     kind = np.repeat(kind_of_row, lengths)
     row = np.repeat(rows, lengths)
     released = np.flatnonzero(kind_of_row == _RELEASE)
     if len(released):  # a release frees a block when its count reaches zero; ids and counts pair up as zip does
-        refs, ref_lengths = _explode(sel["ref_counts"].iloc[released])
+        refs, ref_lengths = _explode(kv["ref_counts"])
+        ref_starts, ref_lengths = (np.cumsum(ref_lengths) - ref_lengths)[rows[released]], ref_lengths[rows[released]]
         pairs = np.minimum(lengths[released], ref_lengths)
         k = np.arange(int(pairs.sum())) - np.repeat(np.cumsum(pairs) - pairs, pairs)
         slot = np.repeat((np.cumsum(lengths) - lengths)[released], pairs) + k
-        rc = refs[np.repeat(np.cumsum(ref_lengths) - ref_lengths, pairs) + k]
+        rc = refs[np.repeat(ref_starts, pairs) + k]
         kind[kind == _RELEASE] = _NONE  # an element without a count changes nothing
         kind[slot[rc == 0]] = _RELEASE
     place = np.arange(len(kind), dtype=np.int64)
@@ -270,19 +280,17 @@ def block_lives(kv: pd.DataFrame) -> pd.DataFrame:
     seg_end = np.minimum(next_alloc, alloc_block_end)
     life = np.cumsum(is_alloc) - 1  # the life an event falls in (valid from its block's first allocation)
     last_alloc = np.maximum.accumulate(np.where(is_alloc, idx, -1))
-    in_life = last_alloc >= 0
-    in_life[in_life] = block[last_alloc[in_life]] == block[in_life]  # the last allocation was of this block
+    in_life = last_alloc >= bounds[block]  # the last allocation was of this block (its events start at bounds[block])
     del last_alloc
     # released_ns before each event: set by a release to zero, cleared by a hit (and by the allocation)
     marker = (kind == _RELEASE) | (kind == _HIT) | is_alloc
     last_marker = np.maximum.accumulate(np.where(marker, idx, 0))
     released_after = np.where(kind[last_marker] == _RELEASE, t[last_marker], -1)  # -1: none
     del marker, last_marker
-    released_before = np.empty(n, dtype=np.int64)
-    released_before[0] = -1
-    released_before[1:] = released_after[:-1]
+    released_before = np.zeros(n, dtype=bool)  # whether released before each event (its time: released_after[i - 1])
+    released_before[1:] = released_after[:-1] >= 0
     # the first eviction, or reset of a released block, ends the life
-    ends_at = np.flatnonzero(in_life & ((kind == _EVICT) | ((kind == _RESET) & (released_before >= 0))))
+    ends_at = np.flatnonzero(in_life & ((kind == _EVICT) | ((kind == _RESET) & released_before)))
     first_end = np.full(len(alloc), -1, dtype=np.int64)
     if len(ends_at):
         lives_ended = life[ends_at]
@@ -301,7 +309,7 @@ def block_lives(kv: pd.DataFrame) -> pd.DataFrame:
     del hits_cum
     last_stored = np.maximum.accumulate(np.where(kind == _STORED, idx, -1))[last]
     has_stored = last_stored > alloc
-    released = np.where(ended, released_before[end_at], released_after[last])
+    released = np.where(ended, np.where(end_at > 0, released_after[end_at - 1], -1), released_after[last])
     end_ns = t[end_at]
     evicted = ended & (kind[end_at] == _EVICT)
     end = np.array(["open", "reallocated", "reset", "evicted"], dtype=object)[reallocated + 2 * ended + evicted]
@@ -309,7 +317,8 @@ def block_lives(kv: pd.DataFrame) -> pd.DataFrame:
 
     # rows as the log closes them (ends in log order; lives a reset ends in allocation order), then the open ones
     alloc_place = place[alloc]
-    order_closed = np.lexsort((alloc_place, place[end_at]))
+    # by (end, allocation) as one int64 key (places are below 2**31 on any log that fits in memory): faster than lexsort
+    order_closed = np.argsort(place[end_at] * (int(alloc_place.max()) + 1) + alloc_place)
     still_open = np.flatnonzero(~closed)
     rows = np.concatenate(
         [order_closed[closed[order_closed]], still_open[np.argsort(alloc_place[still_open], kind="stable")]]
@@ -369,8 +378,9 @@ def internal_fragmentation(kv: pd.DataFrame, requests: pd.DataFrame, tokens: pd.
     bs = block_size or block_size_of(kv)
     arrivals = requests[(requests["event"] == "arrival") & requests["request_id"].notna()]
     prompts = arrivals.drop_duplicates("request_id", keep="last").set_index("request_id")["prompt_len"]
-    kv = kv[["step", "op", "request_id", "block_ids"]]
-    kv = kv[kv["step"].notna()]
+    timed = kv["step"].notna().to_numpy()
+    num_blocks = _lengths(kv["block_ids"])[timed]  # each op's block count (not its list: a copy of each)
+    kv = kv[["step", "op", "request_id"]][timed]
     kv_steps = kv["step"].to_numpy(np.int64)
     tok_steps = tokens["step"].to_numpy(np.int64)
     if not len(kv_steps) + len(tok_steps):
@@ -388,7 +398,7 @@ def internal_fragmentation(kv: pd.DataFrame, requests: pd.DataFrame, tokens: pd.
     release = op.isin(RELEASE_OPS).to_numpy()
     code = _codes_in(kv["request_id"], prompts.index)
     rows = np.flatnonzero((op.isin(ACCESS_OPS).to_numpy() | release) & (code >= 0))
-    _, lengths = _explode(kv["block_ids"].iloc[rows])
+    lengths = num_blocks[rows]
     order, kb = group_order(code[rows], len(prompts), kv_steps[rows])
     k_code, k_step, k_release = code[rows][order], kv_steps[rows][order], release[rows][order]
     k_delta = np.where(k_release, 0, lengths[order])
@@ -408,6 +418,7 @@ def internal_fragmentation(kv: pd.DataFrame, requests: pd.DataFrame, tokens: pd.
     order, tb = group_order(code, len(prompts), tok_steps)
     t_step = tok_steps[order] - first_step
     t_key = code[order] * span + t_step
+    del code, order  # a long run has ten million tokens: hold as few arrays of them at once as we can
     outs_to = np.searchsorted(t_key, k_key, side="right")  # tokens up to (request, step), all requests before
     k_out = outs_to - tb[k_code]
 
@@ -427,11 +438,14 @@ def internal_fragmentation(kv: pd.DataFrame, requests: pd.DataFrame, tokens: pd.
     d_slots[1:] -= np.where(next_same[:-1], slots[:-1], 0)
     d_used = kv_now.copy()
     d_used[1:] -= np.where(next_same[:-1], kv_end[:-1], 0.0)
-    # ... and +1 at the step of each token that grew a share: the first `growing` tokens after an op point
-    mark = np.zeros(len(t_key) + 1, dtype=np.int64)
-    np.add.at(mark, outs_to, 1)
-    np.add.at(mark, outs_to + growing, -1)
-    grew = np.cumsum(mark[:-1]) > 0
+    # ... and +1 at the step of each token that grew a share: the first `growing` tokens after an op point.
+    # Those runs are disjoint (each ends before its request's next op point): no two start at one token, no
+    # two end at one, and +1 at each start, -1 at each end sum to 1 inside a run, so one byte a token suffices.
+    grows = growing > 0
+    mark = np.zeros(len(t_key) + 1, dtype=np.int8)
+    mark[outs_to[grows]] += 1
+    mark[(outs_to + growing)[grows]] -= 1
+    grew = np.cumsum(mark[:-1], dtype=np.int8) > 0
     allocated = np.bincount(k_step, weights=d_slots, minlength=span)
     used = np.bincount(k_step, weights=d_used, minlength=span) + np.bincount(t_step[grew], minlength=span)
     allocated = np.rint(np.cumsum(allocated)[steps]).astype(np.int64)

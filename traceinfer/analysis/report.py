@@ -522,6 +522,8 @@ def report_frames(run) -> dict[str, pd.DataFrame]:
     """The run's streams as the report reads them: without the ``UNREAD`` columns, list columns left in
     Arrow, the tokens' request ids as categoricals (a long run's streams read in seconds rather than
     minutes, in a fraction of the memory)."""
+    import pyarrow as pa
+
     from traceinfer.rundir.schema import stream
 
     frames = {}
@@ -529,6 +531,9 @@ def report_frames(run) -> dict[str, pd.DataFrame]:
         skip = UNREAD.get(name, ())
         columns = [c for c in stream(name).names if c not in skip] if skip else None
         frames[name] = run.frame(name, columns, lists="arrow", categorical=CATEGORICAL.get(name, ()))
+    # Arrow's allocator keeps the Parquet decoder's freed buffers for reuse, but the analyzers allocate with
+    # numpy: give them back (about 0.15 GB of a 10M-token run's peak)
+    pa.default_memory_pool().release_unused()
     return frames
 
 

@@ -55,17 +55,18 @@ def group_order(codes: np.ndarray, num_groups: int, key: np.ndarray | None = Non
     usually in key order within each group already, else np.lexsort sorts it."""
     valid = codes >= 0
     missing = int(len(codes) - np.count_nonzero(valid))
-    shifted = codes + 1  # missing (-1) first, then dropped
-    if num_groups < 0xFFFF:
+    shifted = codes + 1 if missing else codes  # missing (-1) first, then dropped
+    largest = num_groups if missing else num_groups - 1  # e.g. 65,536 blocks: one 16-bit pass, not two
+    if largest <= 0xFFFF:
         order = np.argsort(shifted.astype(np.uint16), kind="stable")
-    elif num_groups < 0xFFFFFFFF:  # low 16 bits, then high 16 bits: both passes stable
+    elif largest <= 0xFFFFFFFF:  # low 16 bits, then high 16 bits: both passes stable
         order = np.argsort((shifted & 0xFFFF).astype(np.uint16), kind="stable")
         order = order[np.argsort((shifted[order] >> 16).astype(np.uint16), kind="stable")]
     else:
         order = np.argsort(shifted, kind="stable")
     order = order[missing:]
     bounds = np.zeros(num_groups + 1, dtype=np.int64)
-    np.cumsum(np.bincount(codes[valid], minlength=num_groups), out=bounds[1:])
+    np.cumsum(np.bincount(codes[valid] if missing else codes, minlength=num_groups), out=bounds[1:])
     if key is not None and len(order) > 1:
         k = key[order]
         unordered = k[1:] < k[:-1]
@@ -184,10 +185,15 @@ def inter_token_latencies(tokens: pd.DataFrame) -> pd.DataFrame:
     later = np.ones(len(t), dtype=bool)  # a token with one before it in its request
     later[runs.starts] = False
     itl = np.full(len(t), np.nan)
-    itl[1:] = (t[1:] - t[:-1]) / 1e6
+    itl[1:] = t[1:] - t[:-1]  # in integers, then to ms: a 10M-token run holds as few of its arrays at once as it can
+    itl /= 1e6
+    del t
     later &= ~np.isnan(itl)  # a token without a time has no gap
-    out = tokens[["request_id", "index", "step", "t_ns"]].iloc[runs.order[later]].reset_index(drop=True)
-    out["itl_ms"] = itl[later]
+    rows = runs.order[later]
+    del runs
+    itl = itl[later]
+    out = tokens[["request_id", "index", "step", "t_ns"]].iloc[rows].reset_index(drop=True)
+    out["itl_ms"] = itl
     return out
 
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 from traceinfer import __version__
 from traceinfer.analysis.report import Report
-from traceinfer.render.charts import ChartFormat, render_chart
+from traceinfer.render.charts import CHARTS, ChartFormat, render_charts
 from traceinfer.render.report_doc import (
     ChartRef,
     Code,
@@ -140,7 +140,8 @@ class HtmlReport(ReportRenderer):
         run = report.run
         where = f"Run directory <code>{esc(run.get('path'))}</code>" if run.get("path") else "A run"
         nav = "".join(f'<li><a href="#{esc(s.id)}">{esc(s.title)}</a></li>' for s in sections)
-        body = "\n".join(self._section(s, report) for s in sections)
+        images = render_charts(CHARTS, report, self.chart_format)  # all at once: two processes draw them
+        body = "\n".join(self._section(s, images) for s in sections)
         embedded = [self.flame_svgs[p] for p in report.flamegraphs if p in self.flame_svgs]
         csp = CSP.format(scripts=" ".join(script_hashes(embedded)) or "'none'")
         return (
@@ -155,13 +156,13 @@ class HtmlReport(ReportRenderer):
             "</footer>\n</body>\n</html>\n"
         )  # fmt: skip
 
-    def _section(self, section: Section, report: Report) -> str:
+    def _section(self, section: Section, images: Mapping[str, str | bytes]) -> str:
         parts = [f'<section id="{esc(section.id)}">', f"<h2>{esc(section.heading)}</h2>"]
-        parts += [self._block(block, report) for block in section.blocks]
+        parts += [self._block(block, images) for block in section.blocks]
         parts.append("</section>")
         return "\n".join(parts)
 
-    def _block(self, block, report: Report) -> str:
+    def _block(self, block, images: Mapping[str, str | bytes]) -> str:
         if isinstance(block, Paragraph):
             lead = f"<strong>{esc(block.lead)}</strong> " if block.lead else ""
             return f"<p>{lead}{esc(block.text)}</p>"
@@ -173,7 +174,7 @@ class HtmlReport(ReportRenderer):
         if isinstance(block, Table):
             return self._table(block)
         if isinstance(block, ChartRef):
-            return self._chart(block, report)
+            return self._chart(block, images)
         if isinstance(block, FlameRef):
             return self._flame(block)
         raise TypeError(f"no HTML for {type(block).__name__}")
@@ -195,11 +196,11 @@ class HtmlReport(ReportRenderer):
         caption = f'<p class="caption">{esc(table.caption)}</p>' if table.caption else ""
         return f"<table>{head}<tbody>{rows}</tbody></table>{caption}"
 
-    def _chart(self, ref: ChartRef, report: Report) -> str:
+    def _chart(self, ref: ChartRef, images: Mapping[str, str | bytes]) -> str:
         chart = ref.chart
         if not ref.present:
             return f'<p class="missing-chart" id="chart-{esc(chart.key)}">{esc(ref.missing_line)}</p>'
-        image = render_chart(chart, report, self.chart_format)
+        image = images[chart.key]
         mime = "image/svg+xml" if self.chart_format == "svg" else "image/png"
         width, height = chart.size_px(self.chart_format)
         return (f'<figure class="chart" id="chart-{esc(chart.key)}"><img src="{data_uri(mime, image)}" width="{width}" '
