@@ -257,3 +257,47 @@ def test_profile_refuses_a_remote_bind_and_a_port_in_use_in_one_line(tmp_path):
                               timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "the port is in use" in proc.stderr and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("churn", [0, 1, 3])
+def test_the_fold_counts_every_token_as_a_loop_over_tokens_would(churn):
+    """The fold's shortcuts (one ITL value for a steady batch, per-request times written only when the
+    batch changes) against the plain definition, token by token: TTFT, ITL and E2E histograms, the ITL
+    window and the counters."""
+    import bisect
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "scripts"))
+    from telemetry_fold_cost import events
+
+    from traceinfer.telemetry.windows import Telemetry
+
+    stream = events(12, 60, churn)
+    tel = Telemetry(1e6, {"num_kv_blocks": 1000, "block_size": 16}, clock=lambda: 10**12)
+    for e in stream:
+        tel.put(e)
+    tel.fold()
+    arrival, last, itl, ttft, e2e = {}, {}, [], [], []
+    for e in stream:
+        if e[0] == "arrival":
+            arrival[e[2]["request_id"]] = e[2]["arrival_ns"]
+        elif e[0] == "tokens":
+            t = e[1]
+            for rid, idx in zip(e[2]["request_ids"], e[2]["indices"]):
+                if idx == 0:
+                    ttft.append((t - arrival[rid]) / 1e9)
+                elif rid in last:
+                    itl.append((t - last[rid]) / 1e9)
+                last[rid] = t
+        elif e[0] == "finish":
+            e2e.append((e[1] - arrival[e[2]["request_id"]]) / 1e9)
+    for name, values in (("inter_token_latency_seconds", itl), ("time_to_first_token_seconds", ttft),
+                         ("e2e_request_latency_seconds", e2e)):  # fmt: skip
+        h = tel.hists[name]
+        want = [0] * (len(h.bounds) + 1)
+        for v in values:
+            want[bisect.bisect_left(h.bounds, v)] += 1
+        assert h.counts == want and h.count == len(values) and h.sum == pytest.approx(sum(values)), name
+    assert sorted(v for _, v in tel.w_itl.rows) == pytest.approx(sorted(itl))
+    assert tel.counters["generation_tokens"] == sum(len(e[2]["request_ids"]) for e in stream if e[0] == "tokens")

@@ -15,12 +15,17 @@ from collections.abc import Callable
 
 from traceinfer.probes.base import Probe, ProbeContext
 from traceinfer.rundir.schema import STAGES
-from traceinfer.telemetry.windows import GpuSampler, Telemetry
+
+# traceinfer.telemetry imports traceinfer.probes (its sampler thread): imported where used, so that either
+# package can be imported first
 
 DEFAULT_WINDOW_S = 30.0
 
 
-def gpu_sampler(device) -> GpuSampler:
+def gpu_sampler(device):
+    """A GpuSampler of ``device`` (traceinfer.telemetry.windows), or one that says why there is none."""
+    from traceinfer.telemetry.windows import GpuSampler
+
     if device.type != "cuda":
         return GpuSampler(None, f"the engine runs on {device.type}: no GPU to sample")
     from traceinfer.probes.samplers import nvml_index
@@ -38,6 +43,8 @@ class TelemetryProbe(Probe):
         bm = engine.block_manager
         info = {"model": getattr(engine, "model_label", None), "device": str(engine.device),
                 "num_kv_blocks": bm.num_blocks, "block_size": bm.block_size}  # fmt: skip
+        from traceinfer.telemetry.windows import Telemetry
+
         self.telemetry = Telemetry(window_s, info, gpu_sampler(engine.device))
         self._put = self.telemetry.put
         self._stages = [0] * len(STAGES)
