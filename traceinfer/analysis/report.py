@@ -576,6 +576,8 @@ COMPARED: tuple[tuple[str, str, str, str, str | None], ...] = (
     ("GC", "collections", "gc_threads.gc.count", "", "lower"),
     ("GC", "pause total", "gc_threads.gc.total_ms", "ms", "lower"),
     ("GC", "longest pause", "gc_threads.gc.max_ms", "ms", "lower"),
+    ("GPU (nsys)", "GPU busy share of its span", "gpu_trace.gpu_gaps.totals.busy_pct", "%", "higher"),
+    ("GPU (nsys)", "GPU idle time", "gpu_trace.gpu_gaps.totals.idle_ns", "ns", "lower"),
 )  # fmt: skip
 
 

@@ -507,6 +507,11 @@ def _ns_ms(ns) -> str:
     return "-" if ns is None else fmt_ms(ns / 1e6)
 
 
+def _clip(name: str, width: int = 72) -> str:
+    """A kernel's name cut to ``width`` (C++ template arguments run to hundreds of characters)."""
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
 def _ns_us(ns) -> str:
     return "-" if ns is None else f"{ns / 1e3:,.1f}"
 
@@ -546,7 +551,7 @@ def gpu_time(report: Report) -> list[Block]:
     kern = g.get("cuda_gpu_kern_sum") or []
     if kern:
         blocks.append(Table(("kernel", "share of kernel time", "total ms", "instances", "median us"),
-                            tuple((str(k["name"]), fmt_pct(k["time_pct"] / 100), _ns_ms(k["total_ns"]), _count(k["instances"]),
+                            tuple((_clip(str(k["name"])), fmt_pct(k["time_pct"] / 100), _ns_ms(k["total_ns"]), _count(k["instances"]),
                                    f"{k['med_ns'] / 1e3:.1f}") for k in kern[:12]),
                             "nsys stats -r cuda_gpu_kern_sum's figures (traceinfer nsys-stats RUN --report cuda_gpu_kern_sum)"))  # fmt: skip
     proj = g.get("nvtx_gpu_proj_sum") or []
