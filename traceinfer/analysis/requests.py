@@ -107,7 +107,7 @@ def _first_event(ev: pd.DataFrame, event: str, ids: pd.Index) -> pd.DataFrame:
     return rows.set_index("request_id").reindex(ids)
 
 
-def request_metrics(requests: pd.DataFrame, tokens: pd.DataFrame) -> pd.DataFrame:
+def request_metrics(requests: pd.DataFrame, tokens: pd.DataFrame, runs: TokenRuns | None = None) -> pd.DataFrame:
     """One row per request that arrived while the probe was on, in arrival order."""
     ev = requests.sort_values("t_ns", kind="stable")
     ev = ev[ev["request_id"].notna()]
@@ -134,7 +134,7 @@ def request_metrics(requests: pd.DataFrame, tokens: pd.DataFrame) -> pd.DataFram
     logged = np.zeros(n, dtype=np.int64)
     gap_max = np.zeros(n, dtype=np.int64)
     if len(tokens):
-        runs = token_runs(tokens, "index")
+        runs = runs or token_runs(tokens, "index")  # any order of the groups: they are looked up by id
         where = runs.ids.get_indexer(ids)  # -1: no token logged
         got = where >= 0
         t = tokens["t_ns"].to_numpy(np.int64)[runs.order]
@@ -177,10 +177,10 @@ def request_metrics(requests: pd.DataFrame, tokens: pd.DataFrame) -> pd.DataFram
     return out
 
 
-def inter_token_latencies(tokens: pd.DataFrame) -> pd.DataFrame:
+def inter_token_latencies(tokens: pd.DataFrame, runs: TokenRuns | None = None) -> pd.DataFrame:
     """Every inter-token gap: request_id, index and step (of the later token), t_ns, itl_ms; in
-    (request_id, index) order."""
-    runs = token_runs(tokens, "index", sort_ids=True)
+    (request_id, index) order. ``runs``: ``token_runs(tokens, "index", sort_ids=True)`` if already made."""
+    runs = runs or token_runs(tokens, "index", sort_ids=True)
     t = tokens["t_ns"].to_numpy()[runs.order]
     later = np.ones(len(t), dtype=bool)  # a token with one before it in its request
     later[runs.starts] = False

@@ -23,10 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from traceinfer.analysis.report import compare, report_of_run
     from traceinfer.cli.flamegraph import FOLDER, load_stacks, write_graph
+    from traceinfer.cli.report import return_freed_memory
     from traceinfer.flamegraphs.transforms import differential
     from traceinfer.render.report_diff import render_diff
     from traceinfer.rundir import open_run
 
+    return_freed_memory()
     a, b = open_run(args.run_a), open_run(args.run_b)
     ra, rb = report_of_run(a), report_of_run(b)
     directory = Path(args.out) if args.out else b.path
