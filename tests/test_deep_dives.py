@@ -28,10 +28,11 @@ from traceinfer.rundir import STREAMS
 
 REPO = Path(__file__).resolve().parents[1]
 # 24 blocks of 4 tokens hold 96 tokens: chatbot's ~60-token prompts with 32 outputs preempt and one fails;
-# a 32-token budget chunks the prefills
-PROFILE = ["profile", "--workload", "chatbot", "--num-requests", "4", "--output-len", "32", "--probes", "all",
-           "--num-kv-blocks", "24", "--block-size", "4", "--max-num-batched-tokens", "32", "--overhead-passes", "0",
-           "--no-warmup", "--device", "cpu"]  # fmt: skip
+# a 32-token budget chunks the prefills. Every request at t=0 (offline): with arrivals spread over time a
+# slow machine may finish one before the next comes, and nothing is preempted
+PROFILE = ["profile", "--workload", "chatbot", "--arrival", "offline", "--num-requests", "4", "--output-len", "32",
+           "--probes", "all", "--num-kv-blocks", "24", "--block-size", "4", "--max-num-batched-tokens", "32",
+           "--overhead-passes", "0", "--no-warmup", "--device", "cpu"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
