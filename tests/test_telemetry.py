@@ -299,5 +299,10 @@ def test_the_fold_counts_every_token_as_a_loop_over_tokens_would(churn):
         for v in values:
             want[bisect.bisect_left(h.bounds, v)] += 1
         assert h.counts == want and h.count == len(values) and h.sum == pytest.approx(sum(values)), name
-    assert sorted(v for _, v in tel.w_itl.rows) == pytest.approx(sorted(itl))
+    assert sorted(v for _, (v, n) in tel.w_itl.rows for _ in range(n)) == pytest.approx(sorted(itl))
+    from traceinfer.telemetry.windows import percentile, weighted_percentile
+
+    pairs = [pair for _, pair in tel.w_itl.rows]
+    for q in (0, 1, 50, 90, 99, 100):
+        assert weighted_percentile(pairs, q) == pytest.approx(percentile(itl, q)), q
     assert tel.counters["generation_tokens"] == sum(len(e[2]["request_ids"]) for e in stream if e[0] == "tokens")

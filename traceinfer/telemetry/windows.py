@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from itertools import repeat
+from itertools import accumulate, repeat
 from typing import Any
 
 from traceinfer.engine.block_manager import BlockOp
@@ -32,7 +32,7 @@ FORMAT = "traceinfer-telemetry"
 FORMAT_VERSION = 1
 TICK_HZ = 4.0  # folds and samples per second
 SERIES_BIN_S = 0.5  # the output tok/s series (top's sparkline)
-MAX_WINDOW_ROWS = 20_000  # a window keeps at most this many observations (the newest), however short its time
+MAX_WINDOW_ROWS = 20_000  # a window keeps at most this many rows (the newest; ITL: a row per distinct gap of a step)
 MAX_SORTED = 4096  # percentiles sort at most this many of a window's values (evenly strided): a snapshot stays ~1 ms
 _OP, _REQUEST, _BLOCKS, _T = (BlockOp._fields.index(f) for f in ("op", "request_id", "block_ids", "t_ns"))
 
@@ -226,7 +226,7 @@ class Telemetry:
         self.w_tokens = _Window(window_ns)  # (t, n) per step
         self.w_prompt = _Window(window_ns)  # (t, prompt tokens) at first tokens
         self.w_ttft = _Window(window_ns)
-        self.w_itl = _Window(window_ns)
+        self.w_itl = _Window(window_ns)  # (t, (itl s, tokens)): one row per distinct gap of a step, not per token
         self.w_e2e = _Window(window_ns)
         self.w_queue = _Window(window_ns)
         self.w_prefix = _Window(window_ns)  # (t, (queries, hits))
@@ -356,7 +356,7 @@ class Telemetry:
         if pending is not None and 0 not in indices and pending[0] == rids:
             v = (t - pending[1]) / 1e9
             self.hists["inter_token_latency_seconds"].observe(v, n)
-            self.w_itl.rows.extend(repeat((t, v), n))
+            self.w_itl.add(t, (v, n))
             self._pending = (rids, t, indices)
             self.counters["generation_tokens"] += n
             self.w_tokens.add(t, n)
@@ -376,11 +376,11 @@ class Telemetry:
         previous = Counter(map(last.get, rids))
         previous.pop(None, None)
         if previous:
-            itl, w_itl = self.hists["inter_token_latency_seconds"], self.w_itl.rows
+            itl, w_itl = self.hists["inter_token_latency_seconds"], self.w_itl
             for prev, count in previous.items():
                 v = (t - prev) / 1e9
                 itl.observe(v, count)
-                w_itl.extend(repeat((t, v), count))
+                w_itl.add(t, (v, count))
         self._pending = (rids, t, indices)
         self.counters["generation_tokens"] += n
         self.counters["prompt_tokens"] += prompt
@@ -465,7 +465,8 @@ class Telemetry:
             prefix = self.w_prefix.since(start)
             gc_pauses = self.w_gc.since(start)
             lat = {name: _summary(w.since(start)) for name, w in
-                   (("ttft", self.w_ttft), ("itl", self.w_itl), ("e2e", self.w_e2e), ("queue", self.w_queue))}  # fmt: skip
+                   (("ttft", self.w_ttft), ("e2e", self.w_e2e), ("queue", self.w_queue))}  # fmt: skip
+            lat["itl"] = _weighted_summary(self.w_itl.since(start))
             step_total = sum(s[0] for s in steps)
             phases = {p: sum(s[i + 1] for s in steps) for i, p in enumerate(PHASES)}
             window = {
@@ -515,6 +516,24 @@ class Telemetry:
             if t >= start:
                 bins[min((t - start) // bin_ns, n - 1)] += count
         return [b / SERIES_BIN_S for b in bins]
+
+
+def weighted_percentile(pairs: Sequence[tuple[float, int]], q: float) -> float | None:
+    """``percentile`` of the values the (value, count) pairs stand for, each value repeated count times,
+    computed from the pairs (sorted once) without repeating them."""
+    pairs = sorted(p for p in pairs if p[1] > 0)
+    if not pairs:
+        return None
+    cum = list(accumulate(c for _, c in pairs))
+    pos = (cum[-1] - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, cum[-1] - 1)
+    v_lo, v_hi = pairs[bisect.bisect_right(cum, lo)][0], pairs[bisect.bisect_right(cum, hi)][0]
+    return v_lo + (v_hi - v_lo) * (pos - lo)
+
+
+def _weighted_summary(pairs: list[tuple[float, int]]) -> dict[str, float | None]:
+    return {"p50": weighted_percentile(pairs, 50), "p99": weighted_percentile(pairs, 99), "n": sum(c for _, c in pairs)}
 
 
 def _summary(values: list[float]) -> dict[str, float | None]:
