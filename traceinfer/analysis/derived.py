@@ -6,7 +6,7 @@ seconds of work over millions of rows, so one ``Derived`` per run computes each 
 
     d = Derived(frames)
     d.request_metrics, d.inter_token_latencies, d.prefix_hits, d.block_lives, d.reuse_gaps,
-    d.internal_fragmentation
+    d.internal_fragmentation         # inter_token_latencies: the columns step, t_ns and itl_ms only
 
 Each property assumes its input streams are present and non-empty; callers check first, as they would
 before calling the analyzer itself. The frames must not change while a ``Derived`` holds them.
@@ -65,7 +65,8 @@ class Derived:
 
     @cached_property
     def inter_token_latencies(self) -> pd.DataFrame:
-        table = requests.inter_token_latencies(self.frames["tokens"], self.token_runs)
+        # the columns the report reads (its heat map, the GC finding, the summary): not request_id, index
+        table = requests.inter_token_latencies(self.frames["tokens"], self.token_runs, ("step", "t_ns", "itl_ms"))
         self.__dict__.pop("token_runs", None)  # the last table that needs it (prefetch's order): free 10M rows' order
         return table
 

@@ -177,9 +177,14 @@ def request_metrics(requests: pd.DataFrame, tokens: pd.DataFrame, runs: TokenRun
     return out
 
 
-def inter_token_latencies(tokens: pd.DataFrame, runs: TokenRuns | None = None) -> pd.DataFrame:
+ITL_COLUMNS = ("request_id", "index", "step", "t_ns", "itl_ms")
+
+
+def inter_token_latencies(tokens: pd.DataFrame, runs: TokenRuns | None = None,
+                          columns: tuple[str, ...] = ITL_COLUMNS) -> pd.DataFrame:
     """Every inter-token gap: request_id, index and step (of the later token), t_ns, itl_ms; in
-    (request_id, index) order. ``runs``: ``token_runs(tokens, "index", sort_ids=True)`` if already made."""
+    (request_id, index) order. ``runs``: ``token_runs(tokens, "index", sort_ids=True)`` if already made;
+    ``columns``: those of ITL_COLUMNS to make (a 10M-token run's table is 36 bytes a row with all five)."""
     runs = runs or token_runs(tokens, "index", sort_ids=True)
     t = tokens["t_ns"].to_numpy()[runs.order]
     later = np.ones(len(t), dtype=bool)  # a token with one before it in its request
@@ -192,8 +197,9 @@ def inter_token_latencies(tokens: pd.DataFrame, runs: TokenRuns | None = None) -
     rows = runs.order[later]
     del runs
     itl = itl[later]
-    out = tokens[["request_id", "index", "step", "t_ns"]].iloc[rows].reset_index(drop=True)
-    out["itl_ms"] = itl
+    out = tokens[[c for c in ITL_COLUMNS[:-1] if c in columns]].iloc[rows].reset_index(drop=True)
+    if "itl_ms" in columns:
+        out["itl_ms"] = itl
     return out
 
 
