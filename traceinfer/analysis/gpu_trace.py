@@ -40,11 +40,6 @@ def _describe(groups, column: str) -> pd.DataFrame:
     return out
 
 
-def _ranked(out: pd.DataFrame, key: str, name_col: str) -> pd.DataFrame:
-    out = out.reset_index().rename(columns={"index": name_col})
-    return out.sort_values([key, name_col], ascending=[False, True], kind="stable").reset_index(drop=True)
-
-
 def nvtx_sum(cap: GpuCapture) -> pd.DataFrame:
     """Columns time_pct, total_ns, instances, avg_ns, med_ns, min_ns, max_ns, stddev_ns, style, range."""
     r = cap.ranges
@@ -133,7 +128,7 @@ def innermost(cap: GpuCapture, nesting: Nesting, tids: np.ndarray, times: np.nda
         return out
     push = (r["style"] == "PushPop").to_numpy()
     rows = np.flatnonzero(push)
-    r_tid, r_start, r_end = r["tid"].to_numpy()[rows], r["start"].to_numpy()[rows], r["end"].to_numpy()[rows]
+    r_tid, r_start = r["tid"].to_numpy()[rows], r["start"].to_numpy()[rows]
     order = np.lexsort((r_start, r_tid))
     rows, r_tid, r_start = rows[order], r_tid[order], r_start[order]
     ends = r["end"].to_numpy()
@@ -152,7 +147,6 @@ def innermost(cap: GpuCapture, nesting: Nesting, tids: np.ndarray, times: np.nda
                 break
             cand[closed] = nesting.parent[cand[closed]]
         out[sel] = cand
-    del r_end
     return out
 
 
@@ -248,12 +242,6 @@ def path_ids(cap: GpuCapture, nesting: Nesting) -> tuple[np.ndarray, list[tuple[
             paths.append((*paths[p - 1], frames[c]) if p else (frames[c],))
         ids[rows] = base + inverse.reshape(-1)
     return ids, paths
-
-
-def range_paths(cap: GpuCapture, nesting: Nesting) -> list[tuple[str, ...]]:
-    """Each range's path from its root, as annotated frames (``step_[r];forward (graph)_[r]``)."""
-    ids, paths = path_ids(cap, nesting)
-    return [paths[i] for i in ids.tolist()]
 
 
 def launch_rows(gpu: pd.DataFrame, launches: pd.DataFrame) -> np.ndarray:
@@ -502,13 +490,6 @@ def _step_of(cap: GpuCapture, times: np.ndarray) -> pd.arrays.IntegerArray:
     values, missing = pay.to_numpy(dtype=np.int64, na_value=0), pay.isna()
     found = (k >= 0) & (times <= sr["end"].to_numpy()[at]) & ~missing[at]
     return pd.arrays.IntegerArray(values[at], ~found)
-
-
-def steps_at(cap: GpuCapture, times: np.ndarray) -> list:
-    """The step (the "step" range's payload) open at each time, or None."""
-    steps = _step_of(cap, times)
-    values = steps.to_numpy(dtype=np.int64, na_value=0).tolist()
-    return [None if m else v for v, m in zip(values, steps.isna().tolist())]
 
 
 #: our column -> the header ``nsys stats --format csv`` prints for it, per report
