@@ -96,10 +96,8 @@ def nest(ranges: pd.DataFrame) -> Nesting:
             continue
         if tids[i] != last_tid:
             stack, last_tid = [], tids[i]
-        while stack and ends[stack[-1]] < ends[i] and starts[i] >= ends[stack[-1]]:
-            stack.pop()
         while stack and not (starts[stack[-1]] <= starts[i] and ends[i] <= ends[stack[-1]]):
-            stack.pop()  # overlapping but not nested (an unbalanced push/pop): no parent here
+            stack.pop()  # ended before this one, or overlapping but not nested (an unbalanced push/pop)
         if stack:
             parent[i] = stack[-1]
             depth[i] = depth[stack[-1]] + 1
