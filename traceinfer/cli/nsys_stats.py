@@ -72,15 +72,17 @@ def read_capture(path: Path):
 
 
 def run_frames(run_dir: Path | None):
-    """The run's steps and gc frames (None where the run has no such stream)."""
+    """The steps and gc frames of the run at ``run_dir`` (None where there is no run or no such stream)."""
     if run_dir is None:
         return None, None
     from traceinfer.rundir import open_run
 
-    run = open_run(run_dir)
-    steps = run.frame("steps") if "steps" in run.streams else None
-    gc = run.frame("gc") if "gc" in run.streams else None
-    return steps, gc
+    return stream_frames(open_run(run_dir))
+
+
+def stream_frames(run):
+    """An opened run's steps and gc frames, each None where the run has no such stream."""
+    return tuple(run.frame(name) if name in run.streams else None for name in ("steps", "gc"))
 
 
 def tables(cap, names: list[str], steps=None, gc=None, top: int = 0) -> dict:
@@ -144,21 +146,22 @@ def run(args: argparse.Namespace) -> int:
 def ingest_run(out: Path, report_formats: list[str] | tuple[str, ...] = ()) -> dict:
     """Read the run's nsys export into it: its tables as nsys_stats.json (joined to the run's steps and gc
     streams), the GPU flame graph by NVTX path (flamegraphs/gpu.svg), and the report rewritten with them."""
-    from traceinfer.analysis.gpu_trace import summary
-    from traceinfer.cli.flamegraph import FOLDER, load_stacks, write_phases
+    from traceinfer.analysis.gpu_trace import gpu_folded, summary
+    from traceinfer.cli.flamegraph import FOLDER, Stacks, write_phases
     from traceinfer.ingest.nsys import read_nsys
     from traceinfer.rundir import open_run
     from traceinfer.rundir.schema import NSYS_STATS
 
-    cap = read_nsys(out / NSYS_SQLITE)
-    steps, gc = run_frames(out)
+    cap = read_nsys(out / NSYS_SQLITE)  # read once: the tables and the flame graph come from it
+    run = open_run(out)
+    steps, gc = stream_frames(run)
     doc = summary(cap, steps, gc)
     (out / NSYS_STATS).write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    run = open_run(out)
-    try:
-        graphs = write_phases(run, load_stacks(run, "gpu"), "gpu", "svg", out / FOLDER)
-    except ConfigError as exc:
-        print(f"flame graph gpu: {exc}")
+    folded = gpu_folded(cap)
+    if folded.counts:
+        graphs = write_phases(run, Stacks(folded, None, "nsys"), "gpu", "svg", out / FOLDER)
+    else:  # as `traceinfer flamegraph RUN --kind gpu` says it
+        print(f"flame graph gpu: {out / NSYS_SQLITE} holds no GPU work")
         graphs = []
     t = doc["gpu_gaps"]["totals"]
     print(f"\nnsys       {out / NSYS_SQLITE}: {doc['counts']['kernels']:,} kernels, {doc['counts']['ranges']:,} NVTX ranges "
