@@ -93,10 +93,10 @@ def relaunch(argv: list[str], out: Path, nsys_name: str, report_formats: list[st
     graph = graph_trace_options(nsys)
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.parent / f".{out.name}.nsys"  # nsys writes stem.nsys-rep; moved into the run directory after
-    cmd = [nsys, "profile", "-t", TRACES, "-s", "none", "--cpuctxsw=none", "--capture-range=cudaProfilerApi",
-           "--capture-range-end=stop", *graph, "--force-overwrite=true", "-o", str(stem),
-           sys.executable, "-m", "traceinfer.cli", *child_argv(argv, out)]  # fmt: skip
-    print(f"traceinfer profile --nsys: {' '.join(cmd[:len(cmd) - len(child_argv(argv, out)) - 3])} ...")
+    capture = [nsys, "profile", "-t", TRACES, "-s", "none", "--cpuctxsw=none", "--capture-range=cudaProfilerApi",
+               "--capture-range-end=stop", *graph, "--force-overwrite=true", "-o", str(stem)]  # fmt: skip
+    cmd = [*capture, sys.executable, "-m", "traceinfer.cli", *child_argv(argv, out)]
+    print(f"traceinfer profile --nsys: {' '.join(capture)} ...")
     env = {**os.environ, **CHILD_ENV}
     try:
         rc, tail = _stream(cmd, env)
