@@ -14,12 +14,12 @@ with scripts/make_big_nsys.py (issue 12: under 30 s and 2 GB on the 2-core machi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from timed_runs import repeat, run_child, summary_line
 
 CHILD = r"""
 import json, resource, sys, time
@@ -51,10 +51,7 @@ print(json.dumps({"seconds": seconds, "peak_rss_bytes": peak(), "parts": parts, 
 
 def time_once(export: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(export)], capture_output=True, text=True, check=False, env=env)
-    if out.returncode != 0:
-        raise SystemExit(f"the timed process failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, str(export), env=env)
 
 
 def main() -> int:
@@ -62,19 +59,10 @@ def main() -> int:
     parser.add_argument("export", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    results = []
-    for i in range(args.repeat):
-        results.append(time_once(args.export))
-        print(f"  run {i + 1}: {results[-1]['seconds']:.2f} s, peak RSS {results[-1]['peak_rss_bytes'] / 2**30:.2f} GiB",
-              flush=True)  # fmt: skip
-    times = [r["seconds"] for r in results]
-    median = statistics.median(times)
-    spread = 50.0 * (max(times) - min(times)) / median
-    peak = max(r["peak_rss_bytes"] for r in results)
+    results = repeat(lambda: time_once(args.export), args.repeat)
     rows = results[0]["rows"]
     print(f"traceinfer from {results[0]['traceinfer']}; {args.export}: " + ", ".join(f"{n:,d} {k}" for k, n in rows.items()))
-    print(f"read_nsys + tables: median {median:.2f} s (+-{spread:.1f}%, {args.repeat} runs: "
-          f"{', '.join(f'{t:.2f}' for t in times)}); peak RSS {peak / 2**30:.2f} GiB")  # fmt: skip
+    print(summary_line("read_nsys + tables", results))
     print(f"  {'part':20s} {'median s':>9s} {'peak RSS after, GiB':>20s}")
     for name in results[0]["parts"]:
         secs = statistics.median(r["parts"][name] for r in results)

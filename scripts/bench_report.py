@@ -23,11 +23,11 @@ of each part. Make a big run to time with scripts/make_big_run.py.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from timed_runs import repeat, run_child, summary_line
 
 CHILD = r"""
 import json, resource, sys, time
@@ -92,12 +92,7 @@ print(json.dumps({"what": what, "seconds": seconds, "peak_rss_bytes": peak, "par
 
 
 def time_once(run_dir: Path, what: str, lists: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(run_dir), what, lists], capture_output=True, text=True, check=False
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"the timed process failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, str(run_dir), what, lists)
 
 
 def main() -> int:
@@ -114,19 +109,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.lists == "arrow" and args.what != "analyzers":
         parser.error("--lists arrow times the analyzers path only (--what analyzers)")
-    results = []
-    for i in range(args.repeat):
-        results.append(time_once(args.run_dir, args.what, args.lists))
-        print(f"  run {i + 1}: {results[-1]['seconds']:.2f} s, peak RSS {results[-1]['peak_rss_bytes'] / 2**30:.2f} GiB",
-              flush=True)  # fmt: skip
-    times = [r["seconds"] for r in results]
-    median = statistics.median(times)
-    spread = 50.0 * (max(times) - min(times)) / median
-    peak = max(r["peak_rss_bytes"] for r in results)
+    results = repeat(lambda: time_once(args.run_dir, args.what, args.lists), args.repeat)
     label = results[0]["what"] + (", list columns in Arrow" if args.lists == "arrow" else "")
     print(f"traceinfer from {results[0]['traceinfer']}")
-    print(f"{label}: median {median:.2f} s (+-{spread:.1f}%, {args.repeat} runs: "
-          f"{', '.join(f'{t:.2f}' for t in times)}); peak RSS {peak / 2**30:.2f} GiB")  # fmt: skip
+    print(summary_line(label, results))
     for name in results[0]["parts"]:
         print(f"  {name:28s} {statistics.median(r['parts'][name] for r in results):8.3f} s")
     return 0
