@@ -64,6 +64,9 @@ class EngineConfig:
     enable_chunked_prefill: bool = option(True, "split long prefills across steps", flag="chunked-prefill")
     attention_backend: Literal["auto", "torch", "triton", "flash_attn"] = option("auto", "attention kernels")
     enforce_eager: bool = option(False, "no CUDA graphs")
+    async_scheduling: Literal["auto", "on", "off"] = option(
+        "auto", "schedule and launch the next step while the device runs this one (auto: on with CUDA)"
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -51,8 +51,9 @@ STAGE_FRAMES: tuple[tuple[str, str], ...] = (
     ("Scheduler.schedule", "schedule"),
     ("ModelRunner.prepare", "prepare"),
     ("ModelRunner._fill_graph_inputs", "prepare"),
-    ("ModelRunner.forward_logits", "forward"),
-    ("engine/sampler.py:sample", "sample"),
+    ("ModelRunner.forward_logits", "forward"),  # the sampler's launch too: it runs inside the forward span
+    ("ModelRunner.wait_tokens", "sample"),
+    ("LLMEngine._advance", "postprocess"),
     ("LLMEngine._postprocess", "postprocess"),
 )
 

@@ -90,11 +90,12 @@ class BlockManager:
         return -(-num_tokens // self.block_size)
 
     # -- prefix cache ----------------------------------------------------------------------
-    def block_hashes(self, seq: Sequence) -> list[int]:
-        """Chained hashes of every full block of ``seq.token_ids``, extended as tokens arrive."""
+    def block_hashes(self, seq: Sequence, num_blocks: int | None = None) -> list[int]:
+        """Chained hashes of the full blocks of ``seq.token_ids`` (the first ``num_blocks`` at least), extended
+        as tokens arrive."""
         bs, hashes = self.block_size, seq.block_hashes
         parent = hashes[-1] if hashes else 0  # 0 roots the chain (hash(None) differs between processes)
-        for i in range(len(hashes), seq.num_tokens // bs):
+        for i in range(len(hashes), seq.num_tokens // bs if num_blocks is None else num_blocks):
             parent = hash((parent, tuple(seq.token_ids[i * bs : (i + 1) * bs])))
             hashes.append(parent)
         return hashes
@@ -127,7 +128,7 @@ class BlockManager:
         if n_full <= seq.num_stored_blocks:
             return
         with self.hooks.block_manager.span(call="cache_full_blocks", request_id=seq.request_id):
-            hashes = self.block_hashes(seq)
+            hashes = self.block_hashes(seq, n_full)  # computed blocks only: a later token may be a placeholder
             stored: list[Block] = []
             for i in range(seq.num_stored_blocks, n_full):
                 block = self.blocks[seq.block_table[i]]

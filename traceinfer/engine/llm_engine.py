@@ -2,6 +2,14 @@
 
 Offline use: ``LLM(model).generate(prompts, params)``. Online use: the step API of ``LLMEngine``
 (``add_request``, ``step``, ``has_unfinished``, ``abort``).
+
+A step schedules, launches the forward and the sampler (``ModelRunner.execute``), and moves every
+scheduled sequence past its chunk at once (``_advance``): a token being sampled is a placeholder in
+``Sequence.token_ids`` until its value reaches the host (``_postprocess``). With async scheduling (on a
+GPU by default) a step finishes the step before it, not itself: the host schedules and launches step
+N+1 while the device still runs step N, then waits for step N's tokens. The device never waits for the
+host's bookkeeping; the price is that a request stopping on an EOS or stop token is computed one step
+longer than it needs (a length stop is known at launch and costs nothing).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from traceinfer.engine.block_manager import BlockManager
 from traceinfer.engine.device import resolve_device, resolve_dtype, resolve_model
 from traceinfer.engine.hooks import Hooks
 from traceinfer.engine.loader import load_hf_config, load_model
-from traceinfer.engine.model_runner import ModelRunner
+from traceinfer.engine.model_runner import Launched, ModelRunner
 from traceinfer.engine.sampling_params import SamplingParams
 from traceinfer.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput
 from traceinfer.engine.sequence import FinishReason, RequestOutput, Sequence
@@ -77,7 +85,12 @@ class LLMEngine:
             gpu_memory_utilization=config.gpu_memory_utilization,
             # graphs need a backend that reads no host-side lengths; the torch reference loops on them
             use_cuda_graphs=not config.enforce_eager and backend.name != "torch",
+            seed=config.seed,
         )
+        self.async_scheduling = config.async_scheduling == "on" or (
+            config.async_scheduling == "auto" and self.device.type == "cuda"
+        )
+        self._inflight: Launched | None = None  # async: the launched step whose tokens are not in yet
         self.block_manager = BlockManager(
             self.runner.num_blocks, config.block_size, config.enable_prefix_caching, self.hooks
         )
@@ -152,8 +165,8 @@ class LLMEngine:
         if request_id in self.requests:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight")
         seq = Sequence(request_id, self._tokens(prompt), params, priority, arrival_ns)
-        if params.seed is not None:
-            seq.generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        if params.seed is not None:  # on the host: it draws each step's sampling seed (sampler.draw_seed)
+            seq.generator = torch.Generator().manual_seed(params.seed)
         return seq
 
     def _queue(self, seq: Sequence) -> str:
@@ -176,14 +189,15 @@ class LLMEngine:
         return output
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._inflight is not None
 
     # -- one step --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedule and run one step; returns the outputs of the requests that finished in it.
 
-        To stream tokens as they come, subscribe to the ``tokens`` hook point (one event per step, handed over
-        during the next step's forward, so about one step's host time late); building a full output for every
+        With async scheduling a step launches its forward, then finishes the step launched before it: its
+        outputs are that step's finished requests. To stream tokens as they come, subscribe to the ``tokens``
+        hook point (one event per step, handed over behind a later forward); building a full output for every
         running request on every step would cost more host time than the step itself."""
         hooks = self.hooks
         outputs: list[RequestOutput] = []
@@ -196,10 +210,29 @@ class LLMEngine:
                     info.update(self._summary(out))
             for seq in out.failed:
                 outputs.append(self._finish(seq, FinishReason.ERROR, seq.error, already_finished=True))
+            launched = None
             if not out.is_empty:
-                sampled, tokens = self.runner.execute(out, self._handover_behind_forward)
-                with hooks.postprocess.span(num_seqs=len(out.scheduled)):
-                    outputs.extend(self._postprocess(out.scheduled, sampled, tokens))
+                launched = self.runner.execute(out, self.step_index, self._inflight)
+                self._handover_behind_forward()
+            done = self._inflight if self.async_scheduling else launched
+            tokens = self.runner.wait_tokens(done) if done is not None else []
+            if launched is not None or done is not None:
+                with hooks.postprocess.span(num_seqs=len(launched.scheduled if launched else done.scheduled)):
+                    if self.async_scheduling:  # the last step's tokens first: _advance skips what they finished
+                        if done is not None:
+                            outputs.extend(self._postprocess(done, tokens))
+                        if launched is not None:
+                            self._advance(launched)
+                        self._inflight = launched
+                    else:
+                        self._advance(launched)
+                        outputs.extend(self._postprocess(launched, tokens))
+            if self._inflight is not None and not self.scheduler.has_unfinished():
+                # nothing left to schedule: finish this step's own tokens now rather than in an empty step
+                done, self._inflight = self._inflight, None
+                tokens = self.runner.wait_tokens(done)
+                with hooks.postprocess.span(num_seqs=len(done.scheduled)):
+                    outputs.extend(self._postprocess(done, tokens))
             if out.is_empty or not self.scheduler.has_unfinished():
                 self.handover()  # no next forward to hide the handover behind
             if step_info is not None:
@@ -208,7 +241,7 @@ class LLMEngine:
         return outputs
 
     def _handover_behind_forward(self) -> None:
-        """The runner calls this once the step's forward is launched: host work here hides behind the GPU.
+        """Called once the step's forward and sampler are launched: host work here hides behind the GPU.
         The engine hands over the held-back events, then the 'handover' point lets the probes do their
         per-step work. Its start and duration go to the step's end event: the probes' share of the step."""
         t0 = time.perf_counter_ns()
@@ -223,17 +256,16 @@ class LLMEngine:
 
         The engine calls this while the GPU runs each forward, and at the end of a step that has no
         forward or leaves nothing to run; call it before detaching subscribers (ProbeSession.close does).
-        Token indices are read here: no sequence gains a token between a postprocess and the next forward.
         """
         self.block_manager.flush_ops()
         deferred, tokens_point = self._deferred, self.hooks.tokens
         while deferred:  # one at a time: a Ctrl-C in a subscriber leaves the rest for ProbeSession.close
             point, t, fields = deferred.pop(0)
             if point is tokens_point:
-                step, seqs, token_ids = fields
+                step, seqs, token_ids, positions = fields
                 fields = {
                     "step": step, "request_ids": [q.request_id for q in seqs], "token_ids": token_ids,
-                    "indices": [q.num_output_tokens - 1 for q in seqs],
+                    "indices": [pos - q.prompt_len for q, pos in zip(seqs, positions)],
                 }  # fmt: skip
             point.emit_at(t, fields)
 
@@ -253,29 +285,54 @@ class LLMEngine:
             "num_free_blocks": self.block_manager.num_free_blocks,
         }
 
-    def _postprocess(self, scheduled: list[ScheduledSeq], sampled: list[Sequence], tokens: list[int]) -> list[RequestOutput]:
+    def _advance(self, launched: Launched) -> None:
+        """Move each scheduled sequence past the chunk just launched: its K/V are (being) computed, and a
+        sequence that samples gets a placeholder token ``-(row + 1)`` that the next step's inputs read from
+        the device. A sequence whose token is its last (max_tokens, max_model_len) leaves the scheduler now."""
+        seqs, positions = launched.seqs, launched.positions
+        row = 0
+        for s in launched.scheduled:
+            seq = s.seq
+            samples = row < len(seqs) and seqs[row] is seq
+            if not seq.is_finished:  # (finished by the last step's tokens: nothing more to compute)
+                seq.num_computed_tokens += s.num_new_tokens
+                self.block_manager.cache_full_blocks(seq)
+                if samples:
+                    positions.append(seq.num_tokens)
+                    seq.token_ids.append(-1 - row)
+                    if seq.num_output_tokens >= seq.params.max_tokens or seq.num_tokens >= self.max_model_len:
+                        self.scheduler.remove(seq)
+                        launched.retired.add(seq.request_id)
+            elif samples:
+                positions.append(-1)
+            row += samples
+
+    def _postprocess(self, launched: Launched, tokens: list[int]) -> list[RequestOutput]:
+        """Put a launched step's sampled tokens in place of their placeholders; finish what they stop."""
         outputs = []
         now = time.perf_counter_ns()
         first_finish = len(self._deferred)  # this step's finishes are deferred from here on
-        tokens_left = iter(tokens)
-        for s in scheduled:
-            seq = s.seq
-            samples = s.samples
-            seq.num_computed_tokens += s.num_new_tokens
-            self.block_manager.cache_full_blocks(seq)
-            if not samples:
+        seqs, positions = launched.seqs, launched.positions
+        skipped = []
+        for i, (seq, pos, token) in enumerate(zip(seqs, positions, tokens)):
+            if not 0 <= pos < len(seq.token_ids):  # finished before its placeholder was put or was read
+                skipped.append(i)
                 continue
-            token = next(tokens_left)
-            seq.append_token(token, now)
+            seq.token_ids[pos] = token
+            seq.token_times_ns.append(now)
             reason = self._stop_reason(seq, token)
             if reason is not None:
-                self.scheduler.remove(seq)
+                if seq.request_id not in launched.retired:
+                    self.scheduler.remove(seq)
                 outputs.append(self._finish(seq, reason))
         if tokens and self.hooks.tokens:
+            if skipped:
+                kept = sorted(set(range(len(seqs))) - set(skipped))
+                seqs, positions, tokens = [seqs[i] for i in kept], [positions[i] for i in kept], [tokens[i] for i in kept]
             # one 'tokens' event per step, not one per sequence (at 256 sequences a call each would cost ~1% of
-            # a step), its lists built at the handover, behind the next forward. Recorded once every token is appended
-            # (a Ctrl-C halfway loses the event rather than mislabel it), ahead of the step's finishes.
-            self._deferred.insert(first_finish, (self.hooks.tokens, now, (self.step_index, sampled, tokens)))
+            # a step), its lists built at the handover, behind a later forward. Recorded once every token is in
+            # place (a Ctrl-C halfway loses the event rather than mislabel it), ahead of the step's finishes.
+            self._deferred.insert(first_finish, (self.hooks.tokens, now, (launched.step, seqs, tokens, positions)))
         return outputs
 
     def _stop_reason(self, seq: Sequence, token: int) -> FinishReason | None:
@@ -291,6 +348,8 @@ class LLMEngine:
     def _finish(self, seq: Sequence, reason: FinishReason, error: str | None = None, already_finished=False) -> RequestOutput:
         if not already_finished:
             seq.finish(reason, error)
+        while seq.token_ids and seq.token_ids[-1] < 0:  # a placeholder whose token will not be kept
+            seq.token_ids.pop()
         if self.hooks.finish:
             self._deferred.append((self.hooks.finish, time.perf_counter_ns(), {
                 "step": self.step_index, "request_id": seq.request_id, "reason": reason.value,
@@ -326,7 +385,7 @@ class LLMEngine:
             )
         try:
             out = SchedulerOutput([ScheduledSeq(seq, seq.num_tokens)], int(seq.num_tokens == 1), seq.num_tokens)
-            return self.runner.forward_logits(out, all_rows=True)
+            return self.runner.forward_logits(out, all_rows=True).float()
         finally:
             self.block_manager.free(seq)
             self.handover()

@@ -3,12 +3,17 @@
 On CUDA, decode-only steps replay a CUDA graph captured at a padded batch size (1, 2, 4, 8, then
 steps of 16 up to max_num_seqs); mixed prefill+decode steps run eager. Graph inputs live in static
 buffers; padding rows have slot -1 (nothing stored) and sequence length 0 (nothing read).
+
+``execute`` launches a step and returns at once with a ``Launched``: the sampled tokens stay on the
+device, and their copy to the host lands later (``wait_tokens``). The engine can therefore schedule
+and launch the next step before this one's tokens are known (async scheduling): an input token the
+host does not know yet is a placeholder ``-(row + 1)`` in ``Sequence.token_ids``, and the next step's
+inputs take row ``row`` of the launched step's device tokens in its place (``fill_placeholders``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,7 +21,7 @@ import torch
 from traceinfer.engine.attention import AttentionMetadata
 from traceinfer.engine.hooks import Hooks
 from traceinfer.engine.models import CausalLM
-from traceinfer.engine.sampler import sample
+from traceinfer.engine.sampler import draw_seed, sample
 from traceinfer.engine.sampling_params import SamplingParams
 from traceinfer.engine.scheduler import ScheduledSeq, SchedulerOutput
 from traceinfer.engine.sequence import Sequence
@@ -29,6 +34,26 @@ class RunnerStats:
 
     graph_steps: int = 0
     eager_decode_steps: int = 0  # decode-only steps that could not use a graph
+
+
+@dataclass
+class Launched:
+    """A step whose forward and sampling are launched: what the engine needs to finish it later."""
+
+    step: int
+    scheduled: list[ScheduledSeq]
+    seqs: list[Sequence]  # the sequences that sample this step, in the rows of ``tokens``
+    tokens: torch.Tensor | None  # [R] int64 on the device: the next step's placeholders read it
+    host: torch.Tensor | None  # [R] int64 on the host (pinned on CUDA), valid once ``ready`` has passed
+    ready: torch.cuda.Event | None  # recorded after the copy to ``host``; None on CPU (already valid)
+    positions: list[int] = field(default_factory=list)  # index of each row's token in its seq.token_ids
+    retired: set[str] = field(default_factory=set)  # request ids taken out of the scheduler at launch
+
+
+def fill_placeholders(input_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """input_ids [T] int64 where a placeholder -(row + 1) stands for ``tokens[row]`` -> the real ids."""
+    rows = (-1 - input_ids).clamp_(min=0)  # a real id maps to row 0, which the where() drops
+    return torch.where(input_ids < 0, tokens[rows], input_ids)
 
 
 def block_table_array(tables: list[list[int]], width: int) -> np.ndarray:
@@ -68,6 +93,7 @@ class ModelRunner:
         cpu_kv_cache_gib: float = 1.0,
         gpu_memory_utilization: float = 0.9,
         use_cuda_graphs: bool = False,
+        seed: int = 0,
     ) -> None:
         self.model = model
         self.device = device
@@ -78,6 +104,12 @@ class ModelRunner:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.stats = RunnerStats()
+        self._rng = torch.Generator().manual_seed(seed)  # the seeds of unseeded requests' sampling
+        # sampled tokens come back through two pinned buffers in turn: at most two steps are in flight
+        self._host_tokens = (
+            [torch.empty(max_num_seqs, dtype=torch.int64).pin_memory() for _ in range(2)] if device.type == "cuda" else []
+        )
+        self._next_host = 0
         if num_kv_blocks is not None:
             self._check_kv_cache_fits(num_kv_blocks, f"engine.num_kv_blocks={num_kv_blocks}")
         elif device.type == "cuda":
@@ -168,13 +200,14 @@ class ModelRunner:
             offset += len(seq.block_table)
             seqs.append(ScheduledSeq(seq, n))
         out = SchedulerOutput(seqs, sum(1 for n in lengths if n == 1), sum(lengths))
-        input_ids, positions, meta, rows = self.prepare(out)
+        input_ids, positions, meta, rows, _ = self.prepare(out)
         hidden = self.model(input_ids, positions, meta)
         self.model.compute_logits(hidden[rows]).float()
 
     # -- inputs ----------------------------------------------------------------------------
-    def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
-        """-> input_ids [T], positions [T], attention metadata, rows of the tokens to sample from."""
+    def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], bool]:
+        """-> input_ids [T], positions [T], attention metadata, rows of the tokens to sample from, and
+        whether an input is a placeholder (only a decode's can be: a prefill chunk's tokens are known)."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -205,7 +238,9 @@ class ModelRunner:
             query_start_loc_cpu=query_start_loc,
             seq_lens_cpu=seq_lens,
         )
-        return self._to_device(input_ids, torch.int64), self._to_device(positions, torch.int64), meta, sample_rows
+        placeholders = out.num_decode_seqs > 0 and min(input_ids[: out.num_decode_seqs]) < 0  # decodes come first
+        return (self._to_device(input_ids, torch.int64), self._to_device(positions, torch.int64), meta, sample_rows,
+                placeholders)  # fmt: skip
 
     def _to_device(self, values, dtype: torch.dtype) -> torch.Tensor:
         t = torch.from_numpy(values) if isinstance(values, np.ndarray) else torch.tensor(values, dtype=dtype)
@@ -233,6 +268,7 @@ class ModelRunner:
         self._h_inputs_np = self.h_inputs.numpy()
         self._h_tables_np = self.h_tables.numpy()
         self._h_rows: list[int] = []  # block_table_version of the table each staging row holds
+        self._h_copied: torch.cuda.Event | None = None  # the last copy out of the staging buffers has run
         pool = None
         for b in reversed(graph_batch_sizes(self.max_num_seqs)):
             meta = self._graph_meta(b)
@@ -263,14 +299,17 @@ class ModelRunner:
             return None
         return next((b for b in self.graphs if b >= len(out.scheduled)), None)
 
-    def _fill_graph_inputs(self, out: SchedulerOutput, b: int) -> list[int] | None:
+    def _fill_graph_inputs(self, out: SchedulerOutput, b: int) -> tuple[list[int] | None, bool]:
         """Copy a decode-only batch into the static buffers of the graph of size b.
 
-        -> rows to sample, or None when every row samples. Block-table rows are rewritten only where
-        the table in that row changed since the last step (block_table_version is unique per change).
+        -> (rows to sample, or None when every row samples; whether an input is a placeholder). Block-table
+        rows are rewritten only where the table in that row changed since the last step (block_table_version
+        is unique per change).
         """
         bs = self.block_size
         n = len(out.scheduled)
+        if self._h_copied is not None:  # with a step in flight, its copy may not have run yet
+            self._h_copied.synchronize()
         inputs, tables, held = self._h_inputs_np, self._h_tables_np, self._h_rows
         ids, pos, slots, lens = [], [], [], []
         rows: list[int] | None = None
@@ -304,47 +343,85 @@ class ModelRunner:
         self.g_slots[:b].copy_(staged[2])
         self.g_seq_lens[:b].copy_(staged[3])
         self.g_tables[:n, :width].copy_(self.h_tables[:n, :width], non_blocking=True)
-        return rows
+        self._h_copied = torch.cuda.Event()
+        self._h_copied.record()
+        return rows, min(ids) < 0
 
     # -- one step --------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward_logits(self, out: SchedulerOutput, all_rows: bool = False) -> torch.Tensor:
-        """Logits of the sampling rows (or of every row): [R, V] float32."""
+    def forward_logits(
+        self, out: SchedulerOutput, all_rows: bool = False, prev_tokens: torch.Tensor | None = None, then=None
+    ):
+        """Logits of the sampling rows (or of every row): [R, V] in the model's dtype, or what ``then(logits)``
+        returns, launched inside the forward span. ``prev_tokens``: the device tokens that the placeholders
+        among the inputs stand for (the last launched step's)."""
         hooks = self.hooks
         graph_size = None if all_rows else self._graph_size(out)
         decode_only = out.num_decode_seqs == len(out.scheduled)
         if graph_size is not None:
             self.stats.graph_steps += 1
             with hooks.prepare.span(num_seqs=len(out.scheduled), num_tokens=out.num_batched_tokens):
-                rows = self._fill_graph_inputs(out, graph_size)
+                rows, placeholders = self._fill_graph_inputs(out, graph_size)
+                if placeholders:
+                    ids = self.g_input_ids[:graph_size]
+                    ids.copy_(fill_placeholders(ids, self._placeholder_source(prev_tokens)))
             with hooks.forward.span(num_tokens=len(out.scheduled), num_decode_seqs=out.num_decode_seqs, cuda_graph=True):
                 self.graphs[graph_size].replay()
                 hidden = self.g_hidden[: len(out.scheduled)]
                 if rows is not None:  # a one-token prefill chunk that does not sample sits in the batch
                     hidden = hidden[torch.tensor(rows, device=self.device)]
-                return self.model.compute_logits(hidden).float()
+                logits = self.model.compute_logits(hidden)
+                return logits if then is None else then(logits)
         if decode_only:
             self.stats.eager_decode_steps += 1
         with hooks.prepare.span(num_seqs=len(out.scheduled), num_tokens=out.num_batched_tokens):
-            input_ids, positions, meta, rows = self.prepare(out)
+            input_ids, positions, meta, rows, placeholders = self.prepare(out)
+            if placeholders:
+                input_ids = fill_placeholders(input_ids, self._placeholder_source(prev_tokens))
         with hooks.forward.span(num_tokens=len(input_ids), num_decode_seqs=out.num_decode_seqs, cuda_graph=False):
             hidden = self.model(input_ids, positions, meta)
             if not all_rows:
                 hidden = hidden[rows]
-            return self.model.compute_logits(hidden).float()
+            logits = self.model.compute_logits(hidden)
+            return logits if then is None else then(logits)
+
+    @staticmethod
+    def _placeholder_source(prev_tokens: torch.Tensor | None) -> torch.Tensor:
+        if prev_tokens is None:
+            raise RuntimeError("an input token is a placeholder but no launched step's tokens were given")
+        return prev_tokens
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, handover: Callable[[], None] | None = None) -> tuple[list[Sequence], list[int]]:
-        """Run the step; returns the sequences whose chunk samples and their sampled tokens.
+    def execute(self, out: SchedulerOutput, step: int, prev: Launched | None = None) -> Launched:
+        """Launch the step's forward and sampling; returns without waiting for the device.
 
-        ``handover`` is called once the forward is launched, before the host waits for the device:
-        host work done there runs while the GPU computes (on CPU it simply runs in line)."""
-        logits = self.forward_logits(out)
-        if handover is not None:
-            handover()
-        sampling = [s.seq for s in out.scheduled if s.samples]
+        ``prev`` is the step launched before, whose tokens are still on their way to the host: inputs
+        that are its placeholders read them on the device. The sampler runs inside the forward span."""
+        scheduled = out.scheduled
+        sampling = [s.seq for s in scheduled if s.samples]
         if not sampling:
-            return sampling, []
-        with self.hooks.sample.span(num_seqs=len(sampling)):
-            tokens = sample(logits, [s.params for s in sampling], [s.generator for s in sampling])
-            return sampling, tokens.tolist()
+            self.forward_logits(out, prev_tokens=prev.tokens if prev else None)
+            return Launched(step, scheduled, [], None, None, None)
+        params = [q.params for q in sampling]
+        base = draw_seed(self._rng)  # unseeded rows: one draw a step, a stream per row
+        seeds = [draw_seed(q.generator) if q.generator is not None else base + i for i, q in enumerate(sampling)]
+
+        def launch_sampler(logits: torch.Tensor) -> torch.Tensor:
+            return sample(logits, params, seeds)
+
+        tokens = self.forward_logits(out, prev_tokens=prev.tokens if prev else None, then=launch_sampler)
+        if self.device.type != "cuda":
+            return Launched(step, scheduled, sampling, tokens, tokens, None)
+        host = self._host_tokens[self._next_host][: len(sampling)]
+        self._next_host ^= 1
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return Launched(step, scheduled, sampling, tokens, host, ready)
+
+    def wait_tokens(self, launched: Launched) -> list[int]:
+        """The launched step's sampled tokens on the host: waits for the device to finish that step."""
+        with self.hooks.sample.span(num_seqs=len(launched.seqs)):
+            if launched.ready is not None:
+                launched.ready.synchronize()
+            return launched.host.tolist() if launched.host is not None else []

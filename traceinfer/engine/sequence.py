@@ -51,7 +51,9 @@ class Sequence:
     ) -> None:
         self.request_id = request_id
         self.prompt_len = len(prompt_token_ids)
-        self.token_ids: list[int] = list(prompt_token_ids)  # prompt + output
+        # prompt + output; the last may be a placeholder -(row + 1) for a token still being sampled
+        # (traceinfer.engine.model_runner), put in place by the engine before the token is read
+        self.token_ids: list[int] = list(prompt_token_ids)
         self.params = params
         self.priority = priority
         self.arrival_ns = time.perf_counter_ns() if arrival_ns is None else arrival_ns
@@ -66,7 +68,7 @@ class Sequence:
         self.error: str | None = None
         self.num_preemptions = 0
         self.token_times_ns: list[int] = []  # host time each output token was produced
-        self.generator = None  # torch.Generator for seeded sampling, made by the model runner
+        self.generator = None  # CPU torch.Generator of a seeded request: it draws each step's sampling seed
 
     # -- state machine --------------------------------------------------------------------
     def transition(self, new: SequenceStatus) -> None:
