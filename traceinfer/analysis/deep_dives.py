@@ -517,14 +517,16 @@ def token_generation(manifest: dict, frames: dict[str, pd.DataFrame], run_dir: s
 
     s = d.section("Method")
     s.say("LLMEngine.step wraps each step in the `step` span and each of its stages in its own: `schedule` "
-          "(Scheduler.schedule), `prepare` (ModelRunner.prepare builds the forward's inputs), `forward` (the model, "
-          "launched on a GPU), `sample` (sampler.sample) and `postprocess` (LLMEngine._postprocess appends the "
-          "tokens). Once the forward is launched the engine hands the step's held-back events to the probes "
-          "(`handover`). The `steps` probe turns the spans into one row per step; tokens are stamped with the "
-          "time postprocess appended them (`tokens` stream).")  # fmt: skip
+          "(Scheduler.schedule), `prepare` (ModelRunner.prepare builds the forward's inputs), `forward` (the model and "
+          "the sampler, launched on a GPU), `sample` (ModelRunner.wait_tokens waits for the sampled tokens) and "
+          "`postprocess` (LLMEngine._postprocess puts the tokens in place). Once the forward is launched the engine "
+          "hands the step's held-back events to the probes (`handover`). With async scheduling a step waits for and "
+          "postprocesses the step launched before it. The `steps` probe turns the spans into one row per step; "
+          "tokens are stamped with the time postprocess put them in place (`tokens` stream).")  # fmt: skip
     for point in ("step", "schedule", "prepare", "forward", "handover", "sample", "postprocess", "tokens"):
         s.refs(_sites(point))
-    s.refs(source_refs.call_sites("execute", "LLMEngine.step"), source_refs.call_sites("sample", "ModelRunner.execute"))
+    s.refs(source_refs.call_sites("execute", "LLMEngine.step"), source_refs.call_sites("sample", "ModelRunner.execute"),
+           source_refs.call_sites("wait_tokens", "LLMEngine.step"))
 
     s = d.section("Step time by stage")
     shares = {}
@@ -640,7 +642,7 @@ def token_generation(manifest: dict, frames: dict[str, pd.DataFrame], run_dir: s
                   "in the same forward as the decodes (chunked prefill), so every decode in that step waits for it.")  # fmt: skip
     else:
         s.say("Not measured: token times come from the `tokens` stream (probe 'requests').")
-    s.refs(_sites("tokens"), source_refs.call_sites("append_token", "LLMEngine._postprocess"))
+    s.refs(_sites("tokens"), source_refs.call_sites("put_token", "LLMEngine._postprocess"))
 
     s = d.section("Threads")
     engine_share = None

@@ -318,8 +318,7 @@ class LLMEngine:
             if not 0 <= pos < len(seq.token_ids):  # finished before its placeholder was put or was read
                 skipped.append(i)
                 continue
-            seq.token_ids[pos] = token
-            seq.token_times_ns.append(now)
+            seq.put_token(pos, token, now)
             reason = self._stop_reason(seq, token)
             if reason is not None:
                 if seq.request_id not in launched.retired:

@@ -105,8 +105,9 @@ class Sequence:
     def prompt_token_ids(self) -> list[int]:
         return self.token_ids[: self.prompt_len]
 
-    def append_token(self, token_id: int, t_ns: int) -> None:
-        self.token_ids.append(token_id)
+    def put_token(self, index: int, token_id: int, t_ns: int) -> None:
+        """The sampled token at ``index`` of token_ids, in place of its placeholder, produced at ``t_ns``."""
+        self.token_ids[index] = token_id
         self.token_times_ns.append(t_ns)
 
 
