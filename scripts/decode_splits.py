@@ -1,11 +1,16 @@
 """How the split-K decode kernel's launch is chosen and what each choice costs, at Qwen3-0.6B's shapes.
 
-    python scripts/decode_splits.py        (GPU)
+    python scripts/decode_splits.py            (GPU) the kernel alone
+    python scripts/decode_splits.py --engine   (GPU) the splits the engine's CUDA graphs were captured with
 
-Prints, per batch size, the splits the backend picks and the kernel time (CUDA graph replay, median of
-do_bench) for each power-of-two split count, with the context each row holds."""
+Without --engine: per batch size, the splits the backend picks and the kernel time (CUDA graph replay, median
+of do_bench) for each power-of-two split count, with the context each row holds. With --engine: builds the
+engine on synthetic:qwen3-0.6b and prints each decode launch made while its graphs were captured (batch,
+block-table width, splits), since the batch-1 graph under nsys showed no reduce kernel (2026-11-30)."""
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import triton.testing
@@ -40,5 +45,23 @@ def main() -> None:
         print(f"batch {batch:4d} ctx {ctx:5d} chosen {chosen:2d} | " + "  ".join(row))
 
 
+def engine_launches() -> None:
+    from traceinfer import LLM
+
+    seen = []
+    chosen = tb.decode_num_splits
+
+    def logged(num_seqs, num_kv_heads, max_blocks, block_size, block_n, num_sms):
+        splits = chosen(num_seqs, num_kv_heads, max_blocks, block_size, block_n, num_sms)
+        seen.append((num_seqs, max_blocks, num_sms, splits))
+        return splits
+
+    tb.decode_num_splits = logged
+    llm = LLM("synthetic:qwen3-0.6b")
+    print(f"graphs captured: {sorted(llm.engine.runner.graphs)}")
+    for num_seqs, width, sms, splits in sorted(set(seen)):
+        print(f"decode launch: batch {num_seqs:4d}  table width {width:4d}  SMs {sms}  splits {splits}")
+
+
 if __name__ == "__main__":
-    main()
+    engine_launches() if "--engine" in sys.argv[1:] else main()
