@@ -115,3 +115,13 @@ def test_sharded_checkpoint_with_its_own_tokenizer(tmp_path, hf_checkpoint):
     assert (ours - theirs).abs().max().item() < 1e-4
     out = llm.generate("hello world", SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))[0]
     assert out.prompt_token_ids == [1, 2] and len(out.token_ids) == 3
+
+
+def test_fitting_graph_is_the_smallest_captured_size_that_holds_the_batch():
+    from traceinfer.engine.model_runner import fitting_graph, graph_batch_sizes
+
+    sizes = sorted(graph_batch_sizes(256))
+    assert sizes[:6] == [1, 2, 4, 8, 16, 32] and sizes[-1] == 256
+    picks = {n: fitting_graph(sizes, n) for n in (1, 2, 3, 5, 9, 16, 17, 255, 256, 257)}
+    assert picks == {1: 1, 2: 2, 3: 4, 5: 8, 9: 16, 16: 16, 17: 32, 255: 256, 256: 256, 257: None}
+    assert fitting_graph(sorted(graph_batch_sizes(20)), 19) == 20 and fitting_graph([], 1) is None

@@ -88,6 +88,19 @@ def test_graph_coverage_of_decode_steps():
     assert decode_steps > 50 and stats.graph_steps / decode_steps >= 0.95
 
 
+def test_a_decode_step_replays_the_smallest_graph_that_holds_it():
+    """Until 2026-11-30 every decode step replayed the largest graph (the first captured): a batch of 1 ran
+    256 rows through every kernel."""
+    llm = LLM("synthetic:tiny", device="cuda", max_num_seqs=64)
+    llm.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+    assert llm.engine.runner.stats.graph_replays == {1: 7}
+    llm.engine.runner.stats.graph_replays.clear()
+    llm.generate([[1, 2, 3 + i] for i in range(3)], SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+    assert llm.engine.runner.stats.graph_replays == {4: 7}
+    del llm
+    release_gpu_memory()
+
+
 def test_triton_needs_cuda_error_on_cpu_device():
     from traceinfer.errors import BackendUnavailableError
 

@@ -13,6 +13,7 @@ inputs take row ``row`` of the launched step's device tokens in its place (``fil
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,7 @@ class RunnerStats:
 
     graph_steps: int = 0
     eager_decode_steps: int = 0  # decode-only steps that could not use a graph
+    graph_replays: dict[int, int] = field(default_factory=dict)  # graph batch size -> replays
 
 
 @dataclass
@@ -69,6 +71,12 @@ def host_memory_available() -> int:
     import psutil
 
     return psutil.virtual_memory().available
+
+
+def fitting_graph(sizes: list[int], batch: int) -> int | None:
+    """The smallest of the captured graph sizes (ascending) that holds ``batch`` rows, or None."""
+    i = bisect.bisect_left(sizes, batch)
+    return sizes[i] if i < len(sizes) else None
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:
@@ -121,6 +129,7 @@ class ModelRunner:
         self.kv_cache = self._allocate_kv_cache(num_kv_blocks)
         self._bind_kv_cache(self.kv_cache)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graph_sizes: list[int] = []  # the keys of graphs, ascending
         if use_cuda_graphs and device.type == "cuda":
             self.capture_cuda_graphs()
 
@@ -279,6 +288,7 @@ class ModelRunner:
                 self.g_hidden[:b] = self.model(self.g_input_ids[:b], self.g_positions[:b], meta)
             pool = graph.pool() if pool is None else pool
             self.graphs[b] = graph
+        self.graph_sizes = sorted(self.graphs)
         torch.cuda.synchronize(dev)
 
     def _graph_meta(self, b: int) -> AttentionMetadata:
@@ -297,7 +307,7 @@ class ModelRunner:
     def _graph_size(self, out: SchedulerOutput) -> int | None:
         if not self.graphs or out.num_decode_seqs != len(out.scheduled):
             return None
-        return next((b for b in self.graphs if b >= len(out.scheduled)), None)
+        return fitting_graph(self.graph_sizes, len(out.scheduled))
 
     def _fill_graph_inputs(self, out: SchedulerOutput, b: int) -> tuple[list[int] | None, bool]:
         """Copy a decode-only batch into the static buffers of the graph of size b.
@@ -360,6 +370,7 @@ class ModelRunner:
         decode_only = out.num_decode_seqs == len(out.scheduled)
         if graph_size is not None:
             self.stats.graph_steps += 1
+            self.stats.graph_replays[graph_size] = self.stats.graph_replays.get(graph_size, 0) + 1
             with hooks.prepare.span(num_seqs=len(out.scheduled), num_tokens=out.num_batched_tokens):
                 rows, placeholders = self._fill_graph_inputs(out, graph_size)
                 if placeholders:
