@@ -125,3 +125,14 @@ def test_fitting_graph_is_the_smallest_captured_size_that_holds_the_batch():
     picks = {n: fitting_graph(sizes, n) for n in (1, 2, 3, 5, 9, 16, 17, 255, 256, 257)}
     assert picks == {1: 1, 2: 2, 3: 4, 5: 8, 9: 16, 16: 16, 17: 32, 255: 256, 256: 256, 257: None}
     assert fitting_graph(sorted(graph_batch_sizes(20)), 19) == 20 and fitting_graph([], 1) is None
+
+
+def test_decode_split_count_depends_on_shapes_only():
+    from traceinfer.engine.attention.triton_backend import decode_num_splits
+
+    assert decode_num_splits(256, 8, 128, 16, 64, 132) == 1  # Qwen3-0.6B at batch 256: the grid is full
+    assert decode_num_splits(96, 8, 256, 16, 64, 132) == 1
+    assert decode_num_splits(32, 8, 256, 16, 64, 132) == 2  # 256 programs: split while within ~4 per SM
+    assert decode_num_splits(16, 8, 256, 16, 64, 132) == 4
+    assert decode_num_splits(1, 8, 256, 16, 64, 132) == 16
+    assert decode_num_splits(1, 8, 1, 16, 64, 132) == 1  # one block: one tile, nothing to split

@@ -21,7 +21,6 @@ from traceinfer.engine.attention.metadata import AttentionMetadata  # noqa: E402
 from traceinfer.engine.attention.torch_backend import paged_attention_reference, store_kv  # noqa: E402
 from traceinfer.engine.attention.triton_backend import (  # noqa: E402
     TritonAttention,
-    decode_num_splits,
     paged_decode,
     paged_prefill,
 )
@@ -233,15 +232,6 @@ def test_decode_every_split_count_into_poisoned_output(batch, num_splits):
     m = case.meta
     paged_decode(case.q, case.k_cache, case.v_cache, m.seq_lens, m.block_tables, case.scale, out, num_splits=num_splits)
     assert_close_attention(out, ref, case)
-
-
-def test_decode_split_count_depends_on_shapes_only():
-    assert decode_num_splits(256, 8, 128, 16, 64, 132) == 1  # Qwen3-0.6B at batch 256: the grid is full
-    assert decode_num_splits(96, 8, 256, 16, 64, 132) == 2
-    assert decode_num_splits(32, 8, 256, 16, 64, 132) == 8  # 256 programs: split to reach ~8 per SM
-    assert decode_num_splits(16, 8, 256, 16, 64, 132) == 16
-    assert decode_num_splits(1, 8, 256, 16, 64, 132) == 16
-    assert decode_num_splits(1, 8, 1, 16, 64, 132) == 1  # one block: one tile, nothing to split
 
 
 HEAD_LAYOUTS = [(8, 8), (16, 8), (16, 4), (32, 4), (14, 2)]  # (Hq, Hkv): GQA groups 1, 2, 4, 8 and 7

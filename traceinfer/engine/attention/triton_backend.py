@@ -31,12 +31,15 @@ from traceinfer.engine.attention.metadata import AttentionMetadata
 from traceinfer.errors import BackendUnavailableError
 
 LOG2E = 1.4426950408889634
-# Decode splitting. A (sequence, KV head) program streams its context alone, so the GPU needs about 8 of
-# them per SM to keep enough loads in flight: at batch 256 (2,048 programs on 132 SMs) one split reads at
-# the copy rate (349 us for 256 x 1,000 tokens, 100% of 3.0 TB/s), but under graphs at batch 48 one split
-# left the forward at ~37% of the bandwidth (bench step trace, 2026-11-22). Split until the target is met.
+# Decode splitting. A (sequence, KV head) program streams its context alone; splitting the context gives
+# the GPU more programs but adds partial writes and a reduce kernel. On an H200 (132 SMs; Qwen3-0.6B heads;
+# scripts/decode_splits.py, 2026-11-30) the fastest split count kept the grid at or under ~4 programs per SM:
+# batch 1 x 400 tokens 8-16 splits (5.5-5.7 us, 1 split 10.9 us), batch 8 x 800 8 splits (11.0 us; 16: 13.5),
+# batch 64 x 800 1 split (52.9 us, 3.97 TB/s; 4 splits 61.7 us), batch 256 1 split (4.2-4.4 TB/s). The one
+# exception seen: batch 128 x 100..2,000 tokens, 2 splits 4% faster than 1. (An earlier target of 8 per SM
+# came from bench forwards that, by a bug fixed the same day, all replayed the 256-row graph.)
 MAX_SPLITS = 16  # a power of two
-DECODE_TARGET_PROGRAMS_PER_SM = 8
+DECODE_TARGET_PROGRAMS_PER_SM = 4
 
 
 @dataclass(frozen=True)
@@ -309,16 +312,15 @@ def store_kv(
 def decode_num_splits(
     num_seqs: int, num_kv_heads: int, max_blocks: int, block_size: int, block_n: int, num_sms: int
 ) -> int:
-    """Splits per (sequence, KV head): enough programs to fill the GPU, a power of two, from shapes only.
-
-    max_blocks is the block-table width, which the runner keeps fixed under CUDA graphs.
+    """Splits per (sequence, KV head): the most (a power of two) that keep the grid within the target programs
+    per SM, from shapes only. max_blocks is the block-table width, which the runner keeps fixed under CUDA graphs.
     """
     programs = max(1, num_seqs * num_kv_heads)
-    want = triton.cdiv(DECODE_TARGET_PROGRAMS_PER_SM * num_sms, programs)
+    budget = DECODE_TARGET_PROGRAMS_PER_SM * num_sms
     most_useful = triton.cdiv(max_blocks * block_size, block_n)  # one tile per split at the widest table
     limit = max(1, min(most_useful, MAX_SPLITS))
     splits = 1
-    while splits < want and splits * 2 <= limit:
+    while splits * 2 <= limit and programs * splits * 2 <= budget:
         splits *= 2
     return splits
 
