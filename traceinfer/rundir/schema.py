@@ -82,12 +82,17 @@ PHASES = (*STAGES, "handover", "other", "between steps")
 _T = ("t_ns", "int", "ns", "perf_counter_ns")
 _STEP = ("step", "int", "", "engine step")
 
+_STAGE_NOTES = {
+    "forward": " (the model and the sampler; on CUDA their launch)",
+    "sample": " (waiting for sampled tokens to reach the host; with async scheduling, the last step's)",
+    "postprocess": " (the tokens put in place, the launched step's sequences moved on)",
+}
 _STEP_STAGES = tuple(
     spec
     for stage in STAGES
     for spec in (
         (f"{stage}_start_ns", "int", "ns", f"{stage} begin, perf_counter_ns (null when the step had no {stage})"),
-        (f"{stage}_ns", "int", "ns", f"host time in {stage}" + (" (the launch, on CUDA)" if stage == "forward" else "")),
+        (f"{stage}_ns", "int", "ns", f"host time in {stage}" + _STAGE_NOTES.get(stage, "")),
     )
 )
 
@@ -108,7 +113,8 @@ STREAMS: dict[str, StreamSchema] = {
                  "to the probes and they do their per-step work (hook point 'handover'): its begin, perf_counter_ns"),
                 ("handover_ns", "int", "ns", "host time of that handover (part of other_ns; hidden behind the GPU "
                  "while shorter than gpu_forward_ns)"),
-                ("gpu_forward_ns", "int", "ns", "GPU time of the forward from CUDA events (null without CUDA)"),
+                ("gpu_forward_ns", "int", "ns", "GPU time of the forward and the sampler from CUDA events (null "
+                 "without CUDA)"),
                 ("gpu_gap_ns", "int", "ns", "GPU idle between the previous forward's end and this one's start "
                  "(null without CUDA)"),
                 ("cuda_graph", "bool", "", "forward replayed a CUDA graph (false: eager; null: no forward)"),
