@@ -6,7 +6,7 @@
 Without --engine: per batch size, the splits the backend picks and the kernel time (CUDA graph replay, median
 of do_bench) for each power-of-two split count, with the context each row holds. With --engine: builds the
 engine on synthetic:qwen3-0.6b and prints each decode launch made while its graphs were captured (batch,
-block-table width, splits), since the batch-1 graph under nsys showed no reduce kernel (2026-11-30)."""
+block-table width, splits): what each graph replays."""
 
 from __future__ import annotations
 
