@@ -98,3 +98,12 @@ def test_async_seeded_sampling_matches_sync(temperature):
     on, _ = run("on", reqs)
     off, _ = run("off", reqs)
     same(on, off)
+
+
+def test_async_stops_at_max_model_len_like_sync():
+    # prompts of 1-39 tokens under max_model_len 40: most stop on the length limit, not max_tokens
+    reqs = [(p, SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)) for p in prompts(6, 4)]
+    on, _ = run("on", reqs, max_model_len=40)
+    off, _ = run("off", reqs, max_model_len=40)
+    same(on, off)
+    assert all(len(reqs[int(rid)][0]) + len(o.token_ids) == 40 for rid, o in on.items())
