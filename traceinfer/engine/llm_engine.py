@@ -214,25 +214,15 @@ class LLMEngine:
             if not out.is_empty:
                 launched = self.runner.execute(out, self.step_index, self._inflight)
                 self._handover_behind_forward()
-            done = self._inflight if self.async_scheduling else launched
-            tokens = self.runner.wait_tokens(done) if done is not None else []
-            if launched is not None or done is not None:
-                with hooks.postprocess.span(num_seqs=len(launched.scheduled if launched else done.scheduled)):
-                    if self.async_scheduling:  # the last step's tokens first: _advance skips what they finished
-                        if done is not None:
-                            outputs.extend(self._postprocess(done, tokens))
-                        if launched is not None:
-                            self._advance(launched)
-                        self._inflight = launched
-                    else:
-                        self._advance(launched)
-                        outputs.extend(self._postprocess(launched, tokens))
-            if self._inflight is not None and not self.scheduler.has_unfinished():
-                # nothing left to schedule: finish this step's own tokens now rather than in an empty step
-                done, self._inflight = self._inflight, None
-                tokens = self.runner.wait_tokens(done)
-                with hooks.postprocess.span(num_seqs=len(done.scheduled)):
-                    outputs.extend(self._postprocess(done, tokens))
+            if not self.async_scheduling:
+                outputs.extend(self._collect(launched, launched))
+            else:
+                done, self._inflight = self._inflight, launched
+                outputs.extend(self._collect(done, launched))
+                if launched is not None and not self.scheduler.has_unfinished():
+                    # nothing left to schedule: this step's own tokens now rather than in an empty step
+                    outputs.extend(self._collect(launched, None))
+                    self._inflight = None
             if out.is_empty or not self.scheduler.has_unfinished():
                 self.handover()  # no next forward to hide the handover behind
             if step_info is not None:
@@ -284,6 +274,22 @@ class LLMEngine:
             "token_budget": self.config.max_num_batched_tokens,
             "num_free_blocks": self.block_manager.num_free_blocks,
         }
+
+    def _collect(self, done: Launched | None, launched: Launched | None) -> list[RequestOutput]:
+        """Wait for the tokens of ``done`` (span 'sample') and put them in place, and move the sequences of
+        ``launched`` on (span 'postprocess'). Without async scheduling the two are the same step, moved on first;
+        with it, ``done`` is the step before, finished first: _advance skips what its tokens stopped."""
+        if done is None and launched is None:
+            return []
+        tokens = self.runner.wait_tokens(done) if done is not None else []
+        with self.hooks.postprocess.span(num_seqs=len((done or launched).scheduled)):
+            if launched is done:
+                self._advance(launched)
+                return self._postprocess(done, tokens)
+            outputs = self._postprocess(done, tokens) if done is not None else []
+            if launched is not None:
+                self._advance(launched)
+            return outputs
 
     def _advance(self, launched: Launched) -> None:
         """Move each scheduled sequence past the chunk just launched: its K/V are (being) computed, and a
