@@ -319,10 +319,10 @@ class LLMEngine:
         now = time.perf_counter_ns()
         first_finish = len(self._deferred)  # this step's finishes are deferred from here on
         seqs, positions = launched.seqs, launched.positions
-        skipped = []
+        skipped = set()
         for i, (seq, pos, token) in enumerate(zip(seqs, positions, tokens)):
             if not 0 <= pos < len(seq.token_ids):  # finished before its placeholder was put or was read
-                skipped.append(i)
+                skipped.add(i)
                 continue
             seq.put_token(pos, token, now)
             reason = self._stop_reason(seq, token)
@@ -332,7 +332,7 @@ class LLMEngine:
                 outputs.append(self._finish(seq, reason))
         if tokens and self.hooks.tokens:
             if skipped:
-                kept = sorted(set(range(len(seqs))) - set(skipped))
+                kept = [i for i in range(len(seqs)) if i not in skipped]
                 seqs, positions, tokens = [seqs[i] for i in kept], [positions[i] for i in kept], [tokens[i] for i in kept]
             # one 'tokens' event per step, not one per sequence (at 256 sequences a call each would cost ~1% of
             # a step), its lists built at the handover, behind a later forward. Recorded once every token is in
