@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from traceinfer.errors import ConfigError
@@ -50,6 +51,17 @@ def resolve_model(name: str, device: torch.device) -> str:
     if name != "auto":
         return name
     return CUDA_MODEL if device.type == "cuda" else CPU_MODEL
+
+
+def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small host list (or numpy array) on ``device``; on CUDA through pinned memory, without waiting."""
+    cuda = device.type == "cuda"
+    if isinstance(values, np.ndarray):
+        t = torch.from_numpy(values)
+        t = t.pin_memory() if cuda else t
+    else:
+        t = torch.tensor(values, dtype=dtype, pin_memory=cuda)
+    return t.to(device, non_blocking=True) if cuda else t.to(device)
 
 
 def synchronize(device: torch.device) -> None:

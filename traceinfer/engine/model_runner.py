@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from traceinfer.engine.attention import AttentionMetadata
+from traceinfer.engine.device import to_device
 from traceinfer.engine.hooks import Hooks
 from traceinfer.engine.models import CausalLM
 from traceinfer.engine.sampler import draw_seed, sample
@@ -252,10 +253,7 @@ class ModelRunner:
                 placeholders)  # fmt: skip
 
     def _to_device(self, values, dtype: torch.dtype) -> torch.Tensor:
-        t = torch.from_numpy(values) if isinstance(values, np.ndarray) else torch.tensor(values, dtype=dtype)
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t
+        return to_device(values, dtype, self.device)
 
     # -- CUDA graphs -----------------------------------------------------------------------
     @torch.inference_mode()

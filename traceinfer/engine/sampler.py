@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import torch
 
+from traceinfer.engine.device import to_device
 from traceinfer.engine.sampling_params import SamplingParams
 
 
@@ -58,17 +59,10 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int])
         return sampling_kernel.gumbel_argmax(logits, None)
     tokens = sampling_kernel.gumbel_argmax(logits, sampling_kernel.pack_rows(temperatures, seeds, logits.device))
     if filtered:  # the rare mixed batch: the top-k/top-p rows again, through torch
-        index = _to_device(filtered, torch.int64, logits.device)
+        index = to_device(filtered, torch.int64, logits.device)
         rows = logits.index_select(0, index)
         tokens.index_copy_(0, index, _sample_torch(rows, [params[i] for i in filtered], [seeds[i] for i in filtered]))
     return tokens
-
-
-def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small host list on device; on CUDA through pinned memory, without waiting."""
-    if device.type != "cuda":
-        return torch.tensor(values, dtype=dtype, device=device)
-    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
 
 
 def _sample_torch(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int]) -> torch.Tensor:
@@ -78,7 +72,7 @@ def _sample_torch(logits: torch.Tensor, params: list[SamplingParams], seeds: lis
     if all(greedy):
         return logits.argmax(dim=-1)
     device = logits.device
-    temps = _to_device([1.0 if g else p.temperature for g, p in zip(greedy, params)], torch.float32, device)
+    temps = to_device([1.0 if g else p.temperature for g, p in zip(greedy, params)], torch.float32, device)
     scaled = logits / temps[:, None]
     if any(not p.greedy and (p.top_k > 0 or p.top_p < 1.0) for p in params):
         scaled = _apply_top_k_top_p(scaled, params)
@@ -93,7 +87,7 @@ def _sample_torch(logits: torch.Tensor, params: list[SamplingParams], seeds: lis
     if not any(greedy):
         return sampled
     # greedy rows: argmax of the raw logits (a top-k cut could keep a later one of tied maxima)
-    return torch.where(_to_device(greedy, torch.bool, device), logits.argmax(dim=-1), sampled)
+    return torch.where(to_device(greedy, torch.bool, device), logits.argmax(dim=-1), sampled)
 
 
 def _apply_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
@@ -101,10 +95,10 @@ def _apply_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> to
     vocab = logits.shape[-1]
     device = logits.device
     sorted_logits, order = logits.sort(dim=-1, descending=True)
-    ks = _to_device([p.top_k if p.top_k > 0 else vocab for p in params], torch.int64, device)
+    ks = to_device([p.top_k if p.top_k > 0 else vocab for p in params], torch.int64, device)
     ranks = torch.arange(vocab, device=device)[None, :]
     drop = ranks >= ks[:, None]
-    top_ps = _to_device([p.top_p for p in params], torch.float32, device)
+    top_ps = to_device([p.top_p for p in params], torch.float32, device)
     probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(dim=-1)
     # drop a token when the tokens ranked above it already hold top_p of the mass (the first always stays);
     # top_p = 1 drops nothing, also where the float32 cumsum reaches 1 before the tail
