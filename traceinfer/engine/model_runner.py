@@ -275,7 +275,7 @@ class ModelRunner:
         self._h_inputs_np = self.h_inputs.numpy()
         self._h_tables_np = self.h_tables.numpy()
         self._h_rows: list[int] = []  # block_table_version of the table each staging row holds
-        self._h_copied: torch.cuda.Event | None = None  # the last copy out of the staging buffers has run
+        self._h_copied = torch.cuda.Event()  # recorded after each copy out of the staging buffers
         pool = None
         for b in reversed(graph_batch_sizes(self.max_num_seqs)):
             meta = self._graph_meta(b)
@@ -316,8 +316,7 @@ class ModelRunner:
         """
         bs = self.block_size
         n = len(out.scheduled)
-        if self._h_copied is not None:  # with a step in flight, its copy may not have run yet
-            self._h_copied.synchronize()
+        self._h_copied.synchronize()  # with a step in flight, its copy out of the buffers may not have run yet
         inputs, tables, held = self._h_inputs_np, self._h_tables_np, self._h_rows
         ids, pos, slots, lens = [], [], [], []
         rows: list[int] | None = None
@@ -351,7 +350,6 @@ class ModelRunner:
         self.g_slots[:b].copy_(staged[2])
         self.g_seq_lens[:b].copy_(staged[3])
         self.g_tables[:n, :width].copy_(self.h_tables[:n, :width], non_blocking=True)
-        self._h_copied = torch.cuda.Event()
         self._h_copied.record()
         return rows, min(ids) < 0
 
