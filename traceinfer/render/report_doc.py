@@ -205,7 +205,7 @@ def _workload(w: dict) -> str:
 
 def _engine(e: dict) -> str:
     return (f"{e.get('dtype') or '-'}, {e.get('attention_backend') or '-'} attention, CUDA graphs "
-            f"{_on(e.get('cuda_graphs'))}, {_count(e.get('num_kv_blocks'))} KV blocks of {e.get('block_size') or '-'} "
+            f"{_on(e.get('cuda_graphs'))}, async scheduling {_on(e.get('async_scheduling'))}, {_count(e.get('num_kv_blocks'))} KV blocks of {e.get('block_size') or '-'} "
             f"tokens, max_model_len {_count(e.get('max_model_len'))}, max_num_seqs {_count(e.get('max_num_seqs'))}, "
             f"max_num_batched_tokens {_count(e.get('max_num_batched_tokens'))}, prefix caching "
             f"{_on(e.get('enable_prefix_caching'))}, chunked prefill {_on(e.get('enable_chunked_prefill'))}, "
