@@ -5,11 +5,16 @@ the same streams."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
-from traceinfer import LLM, SamplingParams
+from tests.probe_checks import trace_problems
+from traceinfer import LLM, SamplingParams, open_run
+from traceinfer.probes import attach
+from traceinfer.render.perfetto import build_trace
+from traceinfer.rundir import read_stream
 
 TINY = "synthetic:tiny"
 
@@ -58,8 +63,8 @@ def test_async_matches_sync_through_chunked_prefill_prefix_hits_and_preemption()
     same(on, off)
     assert [o.num_cached_prompt_tokens for o in on.values()] == [o.num_cached_prompt_tokens for o in off.values()]
     assert sum(o.num_preemptions for o in on.values()) > 0
-    # no step without a forward at the end: the last launched step is finished in the step that launched it
-    assert ev_on.pop() == ev_off.pop()
+    # one step more: with nothing left to schedule, the last step launches nothing and finishes the one before
+    assert ev_on.pop() == ev_off.pop() + 1
     for events, outputs in ((ev_on, on), (ev_off, off)):  # the streamed tokens are the outputs, index by index
         streamed = {rid: {} for rid in outputs}
         for f in events:
@@ -107,3 +112,16 @@ def test_async_stops_at_max_model_len_like_sync():
     off, _ = run("off", reqs, max_model_len=40)
     same(on, off)
     assert all(len(reqs[int(rid)][0]) + len(o.token_ids) == 40 for rid, o in on.items())
+
+
+def test_an_async_run_traces_each_stage_once_a_step_and_nests_on_the_timeline(tmp_path):
+    """The step after the last launch only finishes it: its own row (sample, postprocess, no forward), so no
+    stage runs twice in a step and the Perfetto trace's slices nest."""
+    llm = LLM(TINY, async_scheduling="on")
+    reqs = prompts(5, 3)
+    with attach(llm.engine, "default", tmp_path / "run") as session:
+        llm.generate(reqs, SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True))
+    steps = read_stream(session.run_dir, "steps")
+    assert steps[-1]["forward_ns"] is None and steps[-1]["sample_ns"] is not None
+    assert all(r["forward_ns"] is not None for r in steps[:-1])
+    assert trace_problems(json.loads(json.dumps(build_trace(open_run(session.run_dir))))) == []

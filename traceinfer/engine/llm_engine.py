@@ -217,12 +217,9 @@ class LLMEngine:
             if not self.async_scheduling:
                 outputs.extend(self._collect(launched, launched))
             else:
+                # with nothing left to schedule, the next step launches nothing and only finishes this one
                 done, self._inflight = self._inflight, launched
                 outputs.extend(self._collect(done, launched))
-                if launched is not None and not self.scheduler.has_unfinished():
-                    # nothing left to schedule: this step's own tokens now rather than in an empty step
-                    outputs.extend(self._collect(launched, None))
-                    self._inflight = None
             if out.is_empty or not self.scheduler.has_unfinished():
                 self.handover()  # no next forward to hide the handover behind
             if step_info is not None:

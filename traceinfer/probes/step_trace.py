@@ -108,19 +108,15 @@ class StepTraceProbe(Probe):
             cur[i] = get(key)
 
     def _stage(self, point: str, start_col: int, dur_col: int) -> Callable:
-        """A stage's start and host time in the step. A stage can run twice in one step (the last step before
-        the engine drains finishes two launched steps): the start is the first's, the time their sum."""
+        """A stage's start and host time in the step (each stage runs at most once a step)."""
         forward = point == "forward"
-        opened = [0]
 
         def on_stage(point: str, phase: str, t: int, fields: dict) -> None:
             cur = self._cur
             if cur is None:  # outside a step (e.g. LLMEngine.score)
                 return
             if phase == "B":
-                opened[0] = t
-                if cur[start_col] is None:
-                    cur[start_col] = t
+                cur[start_col] = t
                 if forward:
                     cur[_GRAPH] = fields.get("cuda_graph")
                     if self._cuda is not None:
@@ -128,7 +124,7 @@ class StepTraceProbe(Probe):
             elif cur[start_col] is not None:
                 if forward and self._cuda is not None:
                     self._fwd[1] = self._record()
-                cur[dur_col] = (cur[dur_col] or 0) + t - opened[0]
+                cur[dur_col] = t - cur[start_col]
 
         return on_stage
 
