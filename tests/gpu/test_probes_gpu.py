@@ -55,7 +55,7 @@ def test_all_probes_on_cuda(llm, tmp_path):
     assert details["samplers"]["gpu"]["available"], details["samplers"]["gpu"]
     assert gpu and all(r["mem_used_bytes"] for r in gpu) and any(r["gpu_util_pct"] is not None for r in gpu)
     mem = read_stream(run, "cuda_memory")
-    assert len(mem) == len(steps) and all(r["reserved_bytes"] >= r["allocated_bytes"] > 0 for r in mem)
+    assert len(mem) == len(launching) and all(r["reserved_bytes"] >= r["allocated_bytes"] > 0 for r in mem)
     assert details["cuda_memory"]["memory_snapshot"] == "memory_snapshot.pickle"
     assert (run / "memory_snapshot.pickle").stat().st_size > 0
     assert details["nvtx"]["available"] and details["nvtx"]["cuda_profiler_range"]

@@ -1,4 +1,5 @@
-"""CUDA allocator probe (stream 'cuda_memory'): torch's caching-allocator counters once per step,
+"""CUDA allocator probe (stream 'cuda_memory'): torch's caching-allocator counters once per step that
+launches a forward (not the step that only finishes the last launched one),
 and optionally a ``torch.cuda.memory`` snapshot for https://pytorch.org/memory_viz.
 
 It reads ``torch.cuda.memory_stats_as_nested_dict`` (the allocator's own dict; ``memory_stats`` would

@@ -249,7 +249,7 @@ STREAMS: dict[str, StreamSchema] = {
         ),
         StreamSchema(
             "cuda_memory",
-            "torch CUDA caching allocator once per step, read once its forward is launched (probe 'cuda_memory')",
+            "torch CUDA caching allocator once per step that launches a forward, read then (probe 'cuda_memory')",
             _cols(
                 _T,
                 _STEP,
