@@ -1,0 +1,94 @@
+"""The few-row linear kernel (engine/gemv) against cuBLAS, at Qwen3-0.6B's projections, and what it does to
+batch-1 decode.
+
+    python scripts/gemv_bench.py            (GPU) kernel times: cuBLAS, the default config, the best of a sweep
+    python scripts/gemv_bench.py --engine   (GPU) batch-1 ITL of synthetic:qwen3-0.6b with the kernel and
+                                            without it (cuBLAS), interleaved, several rounds in one process
+
+Kernel times are do_bench_cudagraph medians (launch cost out, weights not in L2: each matrix is larger than
+the 60 MB L2 only together, so a replay of one kernel finds its weights in L2; the figures are an upper
+bound on the rate and are read as a ranking of configs, the engine's ITL is the measure that counts)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.testing
+
+from traceinfer.engine import gemv
+
+SHAPES = {"qkv": (4096, 1024), "o": (1024, 2048), "gate_up": (6144, 1024), "down": (1024, 3072)}
+
+
+def kernels() -> None:
+    dev = torch.device("cuda")
+    print(f"SMs {torch.cuda.get_device_properties(dev).multi_processor_count}")
+    copies = 8  # distinct weight copies, cycled, so that a replay mostly misses L2 (8 x 12 MB > 60 MB)
+    for m in (1, 2, 4, 8):
+        for name, (n, k) in SHAPES.items():
+            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
+            nbytes = n * k * 2 * copies
+
+            def timed(fn):
+                return triton.testing.do_bench_cudagraph(lambda: [fn(w) for w in ws], rep=40) * 1e3 / copies
+
+            cublas = timed(lambda w: F.linear(x, w))
+            default = (gemv.BLOCK_N, gemv.BLOCK_K, gemv.NUM_WARPS)
+            ours = timed(lambda w: gemv.linear(x, w))
+            best = (float("inf"), None)
+            if m == 1:
+                for bn in (2, 4, 8, 16):
+                    for bk in (64, 128, 256):
+                        for warps in (4, 8):
+                            cfg = (bn, bk, warps)
+                            us = timed(lambda w, c=cfg: gemv.linear(x, w, cfg=c))
+                            best = min(best, (us, cfg))
+            per = nbytes / copies
+            line = (f"m {m} {name:8s} {n:5d}x{k:5d} cublas {cublas:6.2f}us {per / cublas / 1e6:4.2f}TB/s | "
+                    f"default {default} {ours:6.2f}us {per / ours / 1e6:4.2f}TB/s")  # fmt: skip
+            if best[1] is not None:
+                line += f" | best {best[1]} {best[0]:6.2f}us {per / best[0] / 1e6:4.2f}TB/s"
+            print(line, flush=True)
+
+
+def engine(rounds: int = 3) -> None:
+    from traceinfer import LLM, SamplingParams
+
+    prompt = [(7 * j) % 30000 + 100 for j in range(128)]
+    params = SamplingParams(temperature=0.0, max_tokens=512, ignore_eos=True)
+    results: dict[str, list[float]] = {"gemv": [], "cublas": []}
+    tokens = {}
+    for r in range(rounds):
+        for mode in ("cublas", "gemv") if r % 2 else ("gemv", "cublas"):
+            gemv.MAX_ROWS = 1 if mode == "gemv" else 0
+            llm = LLM("synthetic:qwen3-0.6b")
+            llm.generate([prompt], params)  # warm
+            t0 = time.perf_counter()
+            out = llm.generate([prompt], params)[0]
+            wall = time.perf_counter() - t0
+            times = out.token_times_ns
+            itl = statistics.median((b - a) / 1e6 for a, b in zip(times, times[1:]))
+            results[mode].append(itl)
+            tokens[mode] = out.token_ids
+            print(f"round {r} {mode:6s} ITL p50 {itl:.4f} ms  wall {wall:.3f} s", flush=True)
+            del llm
+            torch.cuda.empty_cache()
+    for mode, xs in results.items():
+        print(f"{mode:6s} ITL p50 median {statistics.median(xs):.4f} ms  range {min(xs):.4f}..{max(xs):.4f}")
+    ratio = [c / g for c, g in zip(results["cublas"], results["gemv"])]
+    print(f"cublas/gemv per round {[round(x, 3) for x in ratio]}")
+    same = sum(a == b for a, b in zip(tokens["gemv"], tokens["cublas"]))
+    print(f"greedy tokens equal in {same} of {len(tokens['gemv'])} positions (bf16: a near-tie may flip)")
+
+
+if __name__ == "__main__":
+    if "--engine" in sys.argv:
+        engine()
+    else:
+        kernels()

@@ -1,0 +1,69 @@
+"""engine/gemv on a CUDA device: bf16 and fp16 against F.linear (an ulp of the output dtype apart at most
+in a few values), rows independent of the batch, and capture in a CUDA graph."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+# Qwen3-0.6B's projections: qkv, o, gate_up, down
+SHAPES = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 8])
+def test_gemv_matches_f_linear(dtype, m):
+    from traceinfer.engine import gemv
+
+    g = torch.Generator(device="cuda").manual_seed(m)
+    for n, k in SHAPES:
+        x = torch.randn(m, k, device="cuda", dtype=dtype, generator=g)
+        w = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) / k**0.5
+        b = torch.randn(n, device="cuda", dtype=dtype, generator=g)
+        for bias in (None, b):
+            ours, theirs = gemv.linear(x, w, bias), F.linear(x, w, bias)
+            ref = F.linear(x.float(), w.float(), None if bias is None else bias.float())
+            # both within a rounding of the float32 product; each other within two ulps
+            ulp = torch.finfo(dtype).eps * ref.abs().clamp_min(1.0)
+            assert ((ours.float() - ref).abs() <= ulp).float().mean() > 0.999
+            assert ((ours.float() - theirs.float()).abs() <= 2 * ulp).all()
+        rows = torch.cat([gemv.linear(x[i : i + 1], w) for i in range(m)])  # one row at a time
+        assert torch.equal(rows, gemv.linear(x, w))
+
+
+def test_gemv_in_a_cuda_graph():
+    from traceinfer.engine import gemv
+
+    x = torch.randn(2, 1024, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(6144, 1024, device="cuda", dtype=torch.bfloat16)
+    gemv.linear(x, w)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = gemv.linear(x, w)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, gemv.linear(x, w))
+
+
+def test_the_model_layers_take_the_kernel_only_where_it_was_measured_faster():
+    from traceinfer.engine import gemv
+    from traceinfer.engine.models.common import Linear
+
+    o_proj = Linear(2048, 1024, bias=False).to("cuda", torch.bfloat16)
+    qkv = Linear(1024, 4096, bias=False).to("cuda", torch.bfloat16)
+    x1, x2 = (
+        torch.randn(1, 2048, device="cuda", dtype=torch.bfloat16),
+        torch.randn(1, 1024, device="cuda", dtype=torch.bfloat16),
+    )
+    assert torch.equal(o_proj(x1), gemv.linear(x1, o_proj.weight))
+    assert torch.equal(qkv(x2), F.linear(x2, qkv.weight))
+    x2 = torch.randn(2, 2048, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(o_proj(x2), F.linear(x2, o_proj.weight))  # 2 rows: cuBLAS
+    assert not gemv.takes(x1.float(), 1024)
