@@ -124,3 +124,25 @@ def test_a_sleep_in_scheduling_puts_the_scheduler_first(tmp_path):
     first = report.findings[0]
     assert first.id == "host_stage_schedule", [(f.id, f.explains_s) for f in report.findings]
     assert first.evidence["median_ms"] >= 5.0
+
+
+def test_on_a_gpu_a_host_stage_explains_at_most_the_gpus_idle_time():
+    """With async scheduling the host prepares the next step while the GPU runs this one: a long prepare
+    costs the run only the GPU's idle time between forwards (the H200's batch-1 report of 2026-12-01 put
+    'prepare takes 22% of the run' first while the GPU waited 3% of it)."""
+    import pandas as pd
+
+    from traceinfer.analysis.findings import RunData, host_stage
+
+    n = 100
+    steps = pd.DataFrame({"schedule_ns": [10_000] * n, "prepare_ns": [300_000] * n, "postprocess_ns": [10_000] * n,
+                          "handover_ns": [5_000] * n, "other_ns": [20_000] * n, "gpu_gap_ns": [0.0] + [40_000] * (n - 1)})  # fmt: skip
+    wall_s = n * 1.4e-3
+    hidden = RunData({"engine": {"device": "cuda"}}, {"steps": steps}, wall_s)
+    assert host_stage(hidden) is None  # 30 ms of prepare, 4 ms of GPU idle: under 5% of 140 ms
+    waiting = RunData({"engine": {"device": "cuda"}}, {"steps": steps.assign(gpu_gap_ns=250_000)}, wall_s)
+    f = host_stage(waiting)
+    assert f.id == "host_stage_prepare" and f.explains_s == pytest.approx(0.025)  # the idle, not the 30 ms
+    assert f.evidence["gpu_idle_s"] == pytest.approx(0.025)
+    on_cpu = RunData({"engine": {"device": "cpu"}}, {"steps": steps.assign(gpu_gap_ns=None)}, wall_s)
+    assert host_stage(on_cpu).explains_s == pytest.approx(0.03)

@@ -7,7 +7,8 @@ fire returns None. Every figure comes from the run's streams or manifest (``evid
     rule                      fires when
     host_bound_gaps           on a GPU, the GPU idles between forwards while the host works
     host_stage                a host stage outside the forward (schedule, prepare, postprocess, handover,
-                              the rest of a step) takes more than 5% of the run
+                              the rest of a step) takes more than 5% of the run, and on a GPU the GPU
+                              idles more than that between forwards (only then can it cost the run)
     kv_preemptions            the KV cache ran out and requests were preempted (their work recomputed)
     gc_pauses                 collections paused steps for more than 1% of the run
     eager_decode              on a GPU with CUDA graphs expected, decode steps ran eager
@@ -103,8 +104,12 @@ HOST_STAGES = ("schedule", "prepare", "postprocess", "handover")
 
 
 def host_stage(d: RunData) -> Finding | None:
-    """The largest host stage outside the forward, when it takes more than 5% of the run. (On a GPU the
-    forward is its launch and sample waits for the GPU; on a CPU both are the model's compute.)"""
+    """The largest host stage outside the forward, when removing it could give back more than 5% of the run.
+    (On a GPU the forward is its launch and sample waits for the GPU; on a CPU both are the model's compute.)
+
+    On a GPU with the forwards timed, host work costs the run only while the GPU waits for it: with async
+    scheduling the next step's host work runs beside the forward. There a stage explains at most the GPU's
+    idle time between forwards (steps.gpu_gap_ns), however long it runs."""
     steps = d.frame("steps")
     if steps.empty or not d.wall_s:
         return None
@@ -118,7 +123,10 @@ def host_stage(d: RunData) -> Finding | None:
                 totals[phase] -= float(pause) / 1e9
     stage = max(totals, key=totals.get)
     seconds = totals[stage]
-    if seconds < 0.05 * d.wall_s:
+    gaps = steps["gpu_gap_ns"].dropna() if d.on_cuda else pd.Series(dtype=float)
+    gpu_idle_s = float(gaps.sum()) / 1e9 if not gaps.empty else None
+    explains = seconds if gpu_idle_s is None else min(seconds, gpu_idle_s)
+    if explains < 0.05 * d.wall_s:
         return None
     per_step = steps[f"{stage}_ns"] if stage != "other" else steps["other_ns"] - steps["handover_ns"].fillna(0)
     actions = {
@@ -129,13 +137,16 @@ def host_stage(d: RunData) -> Finding | None:
         "handover": "the probes' per-step work is on the host's path: use fewer probes, or a GPU to hide it",
         "other": "host time outside the named stages: see the CPU flame graph's 'other' phase",
     }
+    evidence = {"stage": stage, "stage_s": seconds, "wall_s": d.wall_s, "median_ms": _ms(per_step.median()),
+                "p99_ms": _ms(per_step.quantile(0.99)), "source": f"steps.{stage}_ns"}  # fmt: skip
+    if gpu_idle_s is not None:
+        evidence.update(gpu_idle_s=gpu_idle_s, source=f"steps.{stage}_ns, steps.gpu_gap_ns")
     return Finding(
         f"host_stage_{stage}",
         f"{stage} takes {100 * seconds / d.wall_s:.0f}% of the run ({_ms(per_step.median()):.2f} ms in a median step)",
-        _severity(seconds, d.wall_s),
-        seconds,
-        {"stage": stage, "stage_s": seconds, "wall_s": d.wall_s, "median_ms": _ms(per_step.median()),
-         "p99_ms": _ms(per_step.quantile(0.99)), "source": f"steps.{stage}_ns"},  # fmt: skip
+        _severity(explains, d.wall_s),
+        explains,
+        evidence,
         actions[stage],
     )
 
