@@ -146,3 +146,44 @@ def test_on_a_gpu_a_host_stage_explains_at_most_the_gpus_idle_time():
     assert f.evidence["gpu_idle_s"] == pytest.approx(0.025)
     on_cpu = RunData({"engine": {"device": "cpu"}}, {"steps": steps.assign(gpu_gap_ns=None)}, wall_s)
     assert host_stage(on_cpu).explains_s == pytest.approx(0.03)
+
+
+def test_an_nsys_capture_names_the_gaps_inside_a_graph_and_the_largest_kernels():
+    """With the host off the critical path (the H200 at batch 1: 3% idle between forwards), what is left is
+    the forward: the idle between a graph's nodes is a finding of its own, and compute_bound names the
+    kernels that take the GPU's time."""
+    import pandas as pd
+
+    from traceinfer.analysis.findings import RunData, compute_bound, find
+    from traceinfer.analysis.gpu_trace import INSIDE_LAUNCH
+    from traceinfer.rundir.schema import stream
+
+    n = 100
+    steps = pd.DataFrame({c: [None] * n for c in stream("steps").names}).assign(
+        step=range(n), t_ns=[i * 1_450_000 for i in range(n)], dur_ns=1_450_000, schedule_ns=10_000,
+        prepare_ns=30_000, postprocess_ns=10_000, handover_ns=5_000, other_ns=20_000, gpu_gap_ns=2_000.0,
+        forward_ns=500_000, sample_ns=100_000, gpu_forward_ns=1_400_000, num_preempted=0, cuda_graph=True,
+        num_seqs=1, num_prefill_seqs=0, num_prefill_tokens=0, num_decode_tokens=1, num_batched_tokens=1,
+        num_waiting=0, num_running=1, token_budget=8192)  # fmt: skip
+    kern = [{"name": "gemm_a", "time_pct": 40.0, "instances": 2800, "med_ns": 10_000},
+            {"name": "_decode_kernel", "time_pct": 20.0, "instances": 2800, "med_ns": 4_000},
+            {"name": "_add_rms_norm_kernel", "time_pct": 10.0, "instances": 5600, "med_ns": 1_600},
+            {"name": "other", "time_pct": 5.0, "instances": 100, "med_ns": 1_000}]  # fmt: skip
+    gaps = {"by_phase": [{"phase": INSIDE_LAUNCH, "idle_ns": 17_000_000, "gaps": 34_000, "median_gap_ns": 450},
+                         {"phase": "prepare", "idle_ns": 200_000, "gaps": 100, "median_gap_ns": 2_000}]}  # fmt: skip
+    trace = {"cuda_gpu_kern_sum": kern, "gpu_gaps": gaps, "counts": {"kernels": 35_000}}
+    manifest = {"engine": {"device": "cuda"}}
+    findings = find(RunData(manifest, {"steps": steps}, n * 1.45e-3, extras={"gpu_trace": trace}))
+    assert [f.id for f in findings] == ["kernel_gaps"]
+    f = findings[0]
+    assert f.explains_s == pytest.approx(0.017) and f.evidence["kernels_per_forward"] == pytest.approx(350)
+    assert "12% of the run in 34,000 gaps of 0.5 us (350 kernels a forward)" in f.title
+    # fewer gaps: nothing fires, and what is left names the three largest kernels
+    quiet = {**trace, "gpu_gaps": {"by_phase": [{**gaps["by_phase"][0], "idle_ns": 1_000_000}]}}
+    left = find(RunData(manifest, {"steps": steps}, n * 1.45e-3, extras={"gpu_trace": quiet}))
+    assert [f.id for f in left] == ["compute_bound"]
+    assert [k["name"] for k in left[0].evidence["top_kernels"]] == ["gemm_a", "_decode_kernel", "_add_rms_norm_kernel"]
+    assert "gemm_a 40% (10.0 us x 2,800)" in left[0].action
+    # without a capture: the rule does not fire and compute_bound says what it said before
+    plain = compute_bound(RunData(manifest, {"steps": steps}, n * 1.45e-3))
+    assert "top_kernels" not in plain.evidence and plain.action.startswith("Faster kernels or a smaller model")

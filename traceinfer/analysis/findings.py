@@ -15,7 +15,10 @@ fire returns None. Every figure comes from the run's streams or manifest (``evid
     prefill_stalls            steps carrying prefill chunks stretched the decodes riding along
     budget_throttle           requests waited while steps were full to the token budget
     probe_cost                the probes' measured cost is resolved above zero
-    compute_bound             (info) nothing above fired: the forward itself is where the time goes
+    kernel_gaps               (an nsys capture) the GPU idles between the kernels of one launch (a graph
+                              replay's nodes) for more than 5% of the run: many small kernels
+    compute_bound             (info) nothing above fired: the forward itself is where the time goes (with
+                              an nsys capture, the kernels that take most of it)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Literal
 import pandas as pd
 
 from traceinfer.analysis.derived import Derived
+from traceinfer.analysis.gpu_trace import INSIDE_LAUNCH
 from traceinfer.analysis.phases import phase_at
 
 Severity = Literal["high", "medium", "low", "info"]
@@ -49,7 +53,8 @@ class Finding:
 @dataclass
 class RunData:
     """What the rules read: the manifest, the stream frames (a missing stream is an empty frame), the
-    run's wall time, and the analyzers' tables of those frames (shared with the report's sections)."""
+    run's wall time, the analyzers' tables of those frames (shared with the report's sections), and in
+    ``extras['gpu_trace']`` the tables of the run's nsys capture when it has one (nsys_stats.json)."""
 
     manifest: dict
     frames: dict[str, pd.DataFrame]
@@ -63,6 +68,10 @@ class RunData:
 
     def frame(self, name: str) -> pd.DataFrame:
         return self.frames.get(name, pd.DataFrame())
+
+    @property
+    def gpu_trace(self) -> dict:
+        return self.extras.get("gpu_trace") or {}
 
     @property
     def on_cuda(self) -> bool:
@@ -311,25 +320,67 @@ def probe_cost(d: RunData) -> Finding | None:
     )
 
 
+def kernel_gaps(d: RunData) -> Finding | None:
+    """The GPU idles between the kernels of one launch: a graph replay's nodes each start after the last
+    ends, and a step of hundreds of small kernels loses a fraction of a microsecond at every boundary."""
+    by_phase = (d.gpu_trace.get("gpu_gaps") or {}).get("by_phase") or []
+    inside = next((r for r in by_phase if r["phase"] == INSIDE_LAUNCH), None)
+    if inside is None or not d.wall_s:
+        return None
+    idle_s = inside["idle_ns"] / 1e9
+    if idle_s < 0.05 * d.wall_s:
+        return None
+    steps = d.frame("steps")
+    forwards = int(steps["forward_ns"].notna().sum()) if not steps.empty else 0
+    kernels = (d.gpu_trace.get("counts") or {}).get("kernels")
+    per_forward = kernels / forwards if kernels and forwards else None
+    return Finding(
+        "kernel_gaps",
+        f"The GPU idles between the kernels of each forward: {100 * idle_s / d.wall_s:.0f}% of the run in "
+        f"{inside['gaps']:,} gaps of {inside['median_gap_ns'] / 1e3:.1f} us"
+        + (f" ({per_forward:.0f} kernels a forward)" if per_forward else ""),
+        _severity(idle_s, d.wall_s),
+        idle_s,
+        {"idle_s": idle_s, "gaps": inside["gaps"], "median_gap_us": inside["median_gap_ns"] / 1e3,
+         "kernels_per_forward": per_forward, "wall_s": d.wall_s,
+         "source": "nsys_stats.json gpu_gaps.by_phase, counts.kernels; steps.forward_ns"},  # fmt: skip
+        "Fewer, larger kernels: fuse the small ones between the matmuls (norms, RoPE, activation, KV store) "
+        "into the matmuls' prologues and epilogues; see the kernel table (GPU time, kernel by kernel).",
+    )
+
+
 def compute_bound(d: RunData) -> Finding:
-    """What is left when no rule fired: the time is the model's forward (and sampling)."""
+    """What is left when no rule fired: the time is the model's forward (and sampling); with an nsys
+    capture, the kernels that take most of the GPU's time are named."""
     steps = d.frame("steps")
     forward = float(steps["forward_ns"].fillna(0).sum() + steps["sample_ns"].fillna(0).sum()) / 1e9 if not steps.empty else 0.0
     gpu = float(steps["gpu_forward_ns"].fillna(0).sum()) / 1e9 if not steps.empty else 0.0
     where = "the GPU's forward" if d.on_cuda else "the model's forward and sampling on the CPU"
+    evidence = {"forward_and_sample_s": forward, "gpu_forward_s": gpu if d.on_cuda else None, "wall_s": d.wall_s,
+                "source": "steps.forward_ns, steps.sample_ns, steps.gpu_forward_ns"}  # fmt: skip
+    action = "Faster kernels or a smaller model; compare with the run's physical floor (headline)."
+    kernels = d.gpu_trace.get("cuda_gpu_kern_sum") or []
+    if kernels:
+        top = kernels[:3]
+        evidence["top_kernels"] = [{k: r[k] for k in ("name", "time_pct", "instances", "med_ns")} for r in top]
+        evidence["source"] += ", nsys_stats.json cuda_gpu_kern_sum"
+        named = ", ".join(f"{r['name']} {r['time_pct']:.0f}% ({r['med_ns'] / 1e3:.1f} us x {r['instances']:,})"
+                          for r in top)  # fmt: skip
+        action = (f"Faster kernels, the largest first: {named} of the GPU's kernel time. Set each one's time "
+                  "against the bytes it must read at the measured copy rate (headline's floor).")  # fmt: skip
     return Finding(
         "compute_bound",
         f"No bottleneck outside the model: {where} takes the time",
         "info",
         gpu if d.on_cuda else forward,
-        {"forward_and_sample_s": forward, "gpu_forward_s": gpu if d.on_cuda else None, "wall_s": d.wall_s,
-         "source": "steps.forward_ns, steps.sample_ns, steps.gpu_forward_ns"},  # fmt: skip
-        "Faster kernels or a smaller model; compare with the run's physical floor (headline).",
+        evidence,
+        action,
     )
 
 
 RULES: tuple[Callable[[RunData], Finding | None], ...] = (
     host_bound_gaps, host_stage, kv_preemptions, gc_pauses, eager_decode, prefill_stalls, budget_throttle, probe_cost,
+    kernel_gaps,
 )  # fmt: skip
 
 

@@ -492,7 +492,7 @@ def build_report(manifest: dict, frames: dict[str, pd.DataFrame], run_path: str 
     summary = run_summary(manifest, frames, derived)
     wall_s = float(summary.seconds or 0.0)
     on_cuda = str(manifest.get("engine", {}).get("device", "")).startswith("cuda")
-    data = RunData(manifest, frames, wall_s, derived=derived)
+    data = RunData(manifest, frames, wall_s, extras={"gpu_trace": gpu_trace}, derived=derived)
     return Report(
         run={"path": run_path, "status": manifest.get("status"), "command": manifest.get("command"),
              "started_unix": (manifest.get("timing") or {}).get("started_unix"), "error": manifest.get("error")},  # fmt: skip
