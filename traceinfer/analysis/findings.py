@@ -87,12 +87,20 @@ def _ms(ns) -> float:
     return float(ns) / 1e6
 
 
-def host_bound_gaps(d: RunData) -> Finding | None:
+def _gpu_idle_s(d: RunData) -> float | None:
+    """The GPU's idle time between forwards (steps.gpu_gap_ns), or None where the forwards were not timed."""
     steps = d.frame("steps")
     if not d.on_cuda or steps.empty or steps["gpu_gap_ns"].dropna().empty:
         return None
+    return float(steps["gpu_gap_ns"].sum()) / 1e9
+
+
+def host_bound_gaps(d: RunData) -> Finding | None:
+    idle_s = _gpu_idle_s(d)
+    if idle_s is None:
+        return None
+    steps = d.frame("steps")
     gaps = steps["gpu_gap_ns"].fillna(0)
-    idle_s = float(gaps.sum()) / 1e9
     if idle_s < 0.05 * d.wall_s:
         return None
     parts = {stage: float(steps[f"{stage}_ns"].fillna(0).sum()) / 1e9 for stage in ("schedule", "prepare", "postprocess")}
@@ -132,8 +140,7 @@ def host_stage(d: RunData) -> Finding | None:
                 totals[phase] -= float(pause) / 1e9
     stage = max(totals, key=totals.get)
     seconds = totals[stage]
-    gaps = steps["gpu_gap_ns"].dropna() if d.on_cuda else pd.Series(dtype=float)
-    gpu_idle_s = float(gaps.sum()) / 1e9 if not gaps.empty else None
+    gpu_idle_s = _gpu_idle_s(d)
     explains = seconds if gpu_idle_s is None else min(seconds, gpu_idle_s)
     if explains < 0.05 * d.wall_s:
         return None
