@@ -3,9 +3,9 @@
 At batch 1 a decode step multiplies each weight matrix by one row: a projection is a stream of its
 weights through the SMs. For a matrix with few output features and a long K (Qwen3-0.6B's o_proj, 1024 x
 2048, and down_proj, 1024 x 3072) cuBLAS picks tiles that leave few programs to read the whole matrix:
-12.4 and 7.5 us on an H200 (0.34 and 0.84 TB/s; scripts/gemv_bench.py, 2026-12-01). Here a program owns
+12.4 and 7.7 us on an H200 (0.34 and 0.82 TB/s; scripts/gemv_bench.py, 2026-12-01). Here a program owns
 BLOCK_N = 2 output features and walks K, so there are N / 2 programs (512 for 1024 features), each reading
-its weight rows once with coalesced loads along K, the row of x coming from L2: 4.2 and 5.4 us. Where
+its weight rows once with coalesced loads along K, the row of x coming from L2: 4.2 and 5.5 us. Where
 cuBLAS's tiles give enough programs (more output features: qkv, gate_up) it is as fast as the best
 configuration of this kernel, so ``takes`` leaves those to cuBLAS.
 
@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_ROWS = 1  # batch 1 only: at 2 and 4 rows this kernel's first configuration lost to cuBLAS on down_proj
+MAX_ROWS = 1  # batch 1 only: at 2, 4 and 8 rows cuBLAS was faster on 3 of the 4 projections
 MAX_FEATURES = 2048  # above this cuBLAS's tiles give enough programs (qkv 4096 and gate_up 6144: 1.6-2.1 TB/s)
 BLOCK_N, BLOCK_K, NUM_WARPS = 2, 128, 8  # the best of a sweep at 1 row for o_proj and down_proj (gemv_bench.py)
 

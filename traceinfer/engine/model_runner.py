@@ -344,7 +344,7 @@ class ModelRunner:
         inputs[0, :n], inputs[1, :n], inputs[2, :n], inputs[3, :n] = ids, pos, slots, lens
         inputs[:, n:b] = 0
         inputs[2, n:b] = -1  # padding rows store nothing and read nothing (seq_len 0)
-        staged = self.h_inputs.to(self.device, non_blocking=True)  # 8 KB: the whole buffer, one copy; b of its columns used
+        staged = self.h_inputs.to(self.device, non_blocking=True)  # 8 KB, one copy; b columns used
         self.g_input_ids[:b].copy_(staged[0, :b])
         self.g_positions[:b].copy_(staged[1, :b])
         self.g_slots[:b].copy_(staged[2, :b])
