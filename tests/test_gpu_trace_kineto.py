@@ -163,6 +163,21 @@ def test_a_cpu_run_gives_ranges_and_no_gpu_work(cpu_run):
     assert gpu_trace.gpu_gaps(cap).totals["busy_ns"] == 0
 
 
+def test_a_capture_without_ranges_puts_its_gpu_work_under_no_range():
+    """nsys run without NVTX ranges (the nvtx package missing, or -t cuda only): GPU work, no range."""
+    cpu, gpu = {"pid": 100, "tid": 100}, {"pid": 0, "tid": 7}
+    trace = {"traceEvents": [
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "ts": 1010.0, "dur": 5.0, **cpu,
+         "args": {"correlation": 11}},
+        {"ph": "X", "cat": "kernel", "name": "k", "ts": 1050.0, "dur": 2.5, **gpu, "args": {"correlation": 11}},
+        {"ph": "X", "cat": "kernel", "name": "k", "ts": 1060.0, "dur": 1.0, **gpu, "args": {"correlation": 12}},
+    ]}  # fmt: skip
+    cap = capture_of_trace(trace)
+    assert cap.ranges.empty
+    assert gpu_trace.gpu_folded(cap).counts == {("(no range)", "k_[k]"): 3500.0}
+    assert gpu_trace.gpu_gaps(cap).totals["busy_ns"] == 3500
+
+
 def test_gpu_work_without_its_launch_and_bad_events_are_kept_apart():
     cpu, gpu = {"pid": 100, "tid": 100}, {"pid": 0, "tid": 7}
     trace = {"traceEvents": [

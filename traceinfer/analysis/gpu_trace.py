@@ -283,7 +283,8 @@ def gpu_folded(cap: GpuCapture) -> Folded:
     if launched.any():
         rows[launched] = innermost(cap, nesting, launches["tid"].to_numpy(np.int64)[call[launched]],
                                    launches["start"].to_numpy(np.int64)[call[launched]])  # fmt: skip
-    path = np.where(rows >= 0, ids[np.clip(rows, 0, None)], -1)
+    path = np.full(len(work), -1, dtype=np.int64)
+    path[rows >= 0] = ids[rows[rows >= 0]]  # a capture without NVTX ranges has no ids at all
     names, name_of = pd.factorize(work["name"])
     kinds, kind_of_code = pd.factorize(work["kind"])
     dur = (work["end"] - work["start"]).to_numpy()
