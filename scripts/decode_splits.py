@@ -2,11 +2,18 @@
 
     python scripts/decode_splits.py            (GPU) the kernel alone
     python scripts/decode_splits.py --engine   (GPU) the splits the engine's CUDA graphs were captured with
+    python scripts/decode_splits.py --bench-steps  (GPU) the decode steps of `traceinfer bench`, replayed
+    python scripts/decode_splits.py --order-ab     (GPU) bench passes with decode rows longest first or in row order
 
 Without --engine: per batch size, the splits the backend picks and the kernel time (CUDA graph replay, median
 of do_bench) for each power-of-two split count, with the context each row holds. With --engine: builds the
 engine on synthetic:qwen3-0.6b and prints each decode launch made while its graphs were captured (batch,
-block-table width, splits): what each graph replays."""
+block-table width, splits): what each graph replays. With --bench-steps: the bench workload's decode steps
+rebuilt from its lengths (every 64th step: its running requests, their contexts, padded to the engine's graph
+size), each timed with launch variants (kernel config, split count, longest sequences first), and the decode
+time of the whole bench estimated from them (sample x 64 steps x 28 layers). With --order-ab: one engine
+(synthetic:qwen3-0.6b, the bench's defaults), timed passes of the bench workload, interleaved, with the
+runner's decode order longest first (the default) or replaced by row order."""
 
 from __future__ import annotations
 
@@ -63,5 +70,107 @@ def engine_launches() -> None:
         print(f"decode launch: batch {num_seqs:4d}  table width {width:4d}  SMs {sms}  splits {splits}")
 
 
+def bench_steps() -> None:
+    from traceinfer import workloads
+    from traceinfer.config import WorkloadConfig
+    from traceinfer.engine.model_runner import fitting_graph, graph_batch_sizes
+
+    dev = torch.device("cuda")
+    hq, hkv, d, bs, width, layers, every = 16, 8, 128, 16, 512, 28, 64
+    wl = workloads.make(WorkloadConfig(name="bench"), True)
+    prompt = [len(p) for p in wl.prompts]
+    outs = [p.max_tokens for p in wl.params]
+    need = [triton.cdiv(p + o, bs) for p, o in zip(prompt, outs)]
+    blocks = sum(need) + 64
+    k = torch.randn(blocks, bs, hkv, d, device=dev, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    perm = torch.randperm(blocks, generator=torch.Generator().manual_seed(0)).to(torch.int32)
+    tables_all = torch.zeros(len(prompt), width, dtype=torch.int32)
+    at = 0
+    for i, n in enumerate(need):
+        tables_all[i, :n] = perm[at : at + n]
+        at += n
+    sizes = graph_batch_sizes(256)
+    sms = tb._num_sms(dev)
+    variants = {  # name -> (config, splits rule, longest first)
+        "engine": (None, None, False),
+        "sorted": (None, None, True),
+        "x2 splits": (None, 2, False),
+        "n64 s4": (tb.KernelConfig(16, 64, 4, 4), None, False),
+        "n64 s2": (tb.KernelConfig(16, 64, 4, 2), None, False),
+        "n128 s2 w8": (tb.KernelConfig(16, 128, 8, 2), None, False),
+        "n128 s3 w8": (tb.KernelConfig(16, 128, 8, 3), None, False),
+        "n32 s4": (tb.KernelConfig(16, 32, 4, 4), None, False),
+        "n64 s3 w8": (tb.KernelConfig(16, 64, 8, 3), None, False),
+    }
+    totals = dict.fromkeys(variants, 0.0)
+    floor_s = 0.0
+    print(f"SMs {sms}; bench: {len(prompt)} requests, {sum(prompt):,} prompt, {sum(outs):,} output tokens")
+    print("step  batch graph  KV MB  " + "  ".join(f"{n:>12}" for n in variants))
+    for t in range(0, max(outs), every):
+        run = [i for i in range(len(prompt)) if outs[i] > t]
+        lens = [prompt[i] + t + 1 for i in run]
+        b = fitting_graph(sizes, len(run))
+        kv = sum(lens) * hkv * d * 2 * 2
+        floor_s += kv / 4.2e12 * layers * every
+        row = []
+        for name, (cfg, mult, longest_first) in variants.items():
+            order = sorted(range(len(run)), key=lambda j: -lens[j]) if longest_first else list(range(len(run)))
+            lens_b = torch.zeros(b, dtype=torch.int32)
+            lens_b[: len(run)] = torch.tensor([lens[j] for j in order], dtype=torch.int32)
+            tables = torch.zeros(b, width, dtype=torch.int32)
+            tables[: len(run)] = tables_all[[run[j] for j in order]]
+            lens_b, tables = lens_b.to(dev), tables.to(dev)
+            q = torch.randn(b, hq, d, device=dev, dtype=torch.bfloat16)
+            out = torch.empty_like(q)
+            c = cfg or tb.decode_config(d, q.dtype)
+            splits = tb.decode_num_splits(b, hkv, width, bs, c.block_n, sms) * (mult or 1)
+            fn = lambda: tb.paged_decode(q, k, v, lens_b, tables, d**-0.5, out, config=c, num_splits=splits)  # noqa: E731
+            ms = triton.testing.do_bench_cudagraph(fn, rep=30)
+            totals[name] += ms / 1e3 * layers * every
+            row.append(f"{ms * 1e3:6.1f}us {kv / ms / 1e9:4.2f}")
+        print(f"{t:4d} {len(run):6d} {b:5d} {kv / 1e6:6.0f}  " + "  ".join(f"{r:>12}" for r in row))
+    print(f"estimated decode-kernel time of the bench (KV floor at 4.2 TB/s {floor_s:.3f} s):")
+    for name, s in totals.items():
+        print(f"  {name:>12}: {s:.3f} s ({floor_s / s:.1%} of the floor's rate)")
+
+
+def order_ab(rounds: int = 4) -> None:
+    import statistics
+
+    import numpy as np
+
+    from traceinfer import LLM, workloads
+    from traceinfer.config import WorkloadConfig
+    from traceinfer.engine import model_runner
+    from traceinfer.passes.engine import timed_pass, warm_up
+
+    longest_first = model_runner.decode_order
+    modes = {"longest first": longest_first, "row order": lambda lens: np.arange(len(lens))}
+    wl = workloads.make(WorkloadConfig(name="bench"), True)
+    llm = LLM("synthetic:qwen3-0.6b")
+    warm_up(llm, wl, full=True)
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(rounds):
+        for mode in list(modes)[:: 1 if r % 2 else -1]:
+            model_runner.decode_order = modes[mode]
+            llm.engine.block_manager.reset_prefix_cache()
+            result = timed_pass(llm, wl)
+            rates[mode].append(result.output_tok_s)
+            print(f"round {r} {mode:13s} {result.output_tok_s:9.1f} tok/s  {result.seconds:.3f} s", flush=True)
+    model_runner.decode_order = longest_first
+    for mode, xs in rates.items():
+        print(f"{mode:13s} median {statistics.median(xs):9.1f} tok/s  range {min(xs):.1f}..{max(xs):.1f}")
+    ratio = [a / b for a, b in zip(rates["longest first"], rates["row order"])]
+    print(f"longest first / row order per round: {[round(x, 4) for x in ratio]}")
+
+
 if __name__ == "__main__":
-    engine_launches() if "--engine" in sys.argv[1:] else main()
+    if "--engine" in sys.argv[1:]:
+        engine_launches()
+    elif "--bench-steps" in sys.argv[1:]:
+        bench_steps()
+    elif "--order-ab" in sys.argv[1:]:
+        order_ab()
+    else:
+        main()

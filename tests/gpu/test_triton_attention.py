@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,6 +25,7 @@ from traceinfer.engine.attention.triton_backend import (  # noqa: E402
     paged_decode,
     paged_prefill,
 )
+from traceinfer.engine.model_runner import decode_order  # noqa: E402
 from traceinfer.errors import BackendUnavailableError  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -99,6 +101,7 @@ def make_case(
         max_seq_len=max(seq_lens),
         query_start_loc_cpu=query_start_loc,
         seq_lens_cpu=list(seq_lens),
+        decode_order=longest_first(seq_lens[:num_decode], dev) if num_decode > 1 else None,  # as the runner does
     )
     return Case(
         q=q.view(num_tokens, num_heads, head_dim),
@@ -111,6 +114,10 @@ def make_case(
         q_lens=list(q_lens),
         seq_lens=list(seq_lens),
     )
+
+
+def longest_first(seq_lens: list[int], dev: torch.device) -> torch.Tensor:
+    return torch.from_numpy(decode_order(np.array(seq_lens))).to(dev)
 
 
 def decode_case(seq_lens: list[int], **kw) -> Case:
@@ -222,15 +229,18 @@ def test_decode_matches_reference(batch, max_len):
     run_forward(decode_case(seq_lens, seed=batch, **QWEN3))
 
 
+@pytest.mark.parametrize("ordered", [False, True])
 @pytest.mark.parametrize("num_splits", [1, 2, 8, 32])
 @pytest.mark.parametrize("batch", [1, 5, 256])
-def test_decode_every_split_count_into_poisoned_output(batch, num_splits):
+def test_decode_every_split_count_into_poisoned_output(batch, num_splits, ordered):
     case = decode_case(cycle_lengths(batch, EDGE_LENGTHS[:6], seed=7), seed=batch, **QWEN3)
     ref, _, _ = reference(case)
     store_kv(case.k, case.v, case.k_cache, case.v_cache, case.meta.slot_mapping)
     out = torch.full_like(case.q, float("nan"))
     m = case.meta
-    paged_decode(case.q, case.k_cache, case.v_cache, m.seq_lens, m.block_tables, case.scale, out, num_splits=num_splits)
+    order = m.decode_order if ordered else None
+    paged_decode(case.q, case.k_cache, case.v_cache, m.seq_lens, m.block_tables, case.scale, out, num_splits=num_splits,
+                 order=order)  # fmt: skip
     assert_close_attention(out, ref, case)
 
 

@@ -23,3 +23,6 @@ class AttentionMetadata:
     max_seq_len: int
     query_start_loc_cpu: list[int]  # host copies, for backends that loop on the host
     seq_lens_cpu: list[int]
+    # [num_decode_seqs] int: the decode rows in the order their attention should start (longest context
+    # first); None: row order. A hint for the decode kernel's schedule, never needed for a correct result.
+    decode_order: torch.Tensor | None = None

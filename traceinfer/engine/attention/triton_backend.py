@@ -142,15 +142,19 @@ def _attend_tiles(
 
 @triton.jit
 def _decode_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_o_ptr, part_lse_ptr, seq_lens_ptr, block_tables_ptr,
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, part_o_ptr, part_lse_ptr, seq_lens_ptr, block_tables_ptr, order_ptr,
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt, qk_scale,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, ORDERED: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
-    # grid (Hkv, NUM_SPLITS, B): the KV heads of one sequence run side by side and read neighbouring bytes
+    # grid (Hkv, NUM_SPLITS, B): the KV heads of one sequence run side by side and read neighbouring bytes.
+    # ORDERED: the z-th sequence to start is order[z] (the runner lists the longest first)
     kvh = tl.program_id(0)
     split = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)  # decode sequence b owns query token b
+    if ORDERED:
+        b = tl.load(order_ptr + tl.program_id(2)).to(tl.int64)
+    else:
+        b = tl.program_id(2).to(tl.int64)  # decode sequence b owns query token b
     num_kv_heads = tl.num_programs(0)
     seq_len = tl.load(seq_lens_ptr + b)
     # this sequence's tiles, dealt out evenly over the splits; later splits may get none (then they
@@ -335,8 +339,13 @@ def paged_decode(
     out: torch.Tensor,  # [B, Hq, D], written
     config: KernelConfig | None = None,
     num_splits: int | None = None,
+    order: torch.Tensor | None = None,  # [B] integer: a permutation of the rows, the order they start in
 ) -> torch.Tensor:
-    """Flash-decoding over the paged cache. Launch shapes depend on tensor shapes only (CUDA-graph safe)."""
+    """Flash-decoding over the paged cache. Launch shapes depend on tensor shapes only (CUDA-graph safe).
+
+    Programs start roughly in grid order, so with rows of uneven context a long row started last finishes
+    alone; ``order`` listing the longest first lets the short rows fill the tail (see DECODE_LONGEST_FIRST).
+    """
     num_seqs, num_heads, head_dim = q.shape
     num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
     group = num_heads // num_kv_heads
@@ -352,11 +361,11 @@ def paged_decode(
     else:
         part_o = part_lse = out  # unused: the kernel writes out directly
     _decode_kernel[(num_kv_heads, num_splits, num_seqs)](
-        q, k_cache, v_cache, out, part_o, part_lse, seq_lens, block_tables,
+        q, k_cache, v_cache, out, part_o, part_lse, seq_lens, block_tables, seq_lens if order is None else order,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0), scale * LOG2E,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_N=cfg.block_n, NUM_SPLITS=num_splits, IEEE=q.dtype == torch.float32,
+        BLOCK_N=cfg.block_n, NUM_SPLITS=num_splits, ORDERED=order is not None, IEEE=q.dtype == torch.float32,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     if num_splits > 1:
@@ -418,7 +427,9 @@ class TritonAttention:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         nd = meta.num_decode_seqs
         if nd > 0:
-            paged_decode(q[:nd], k_cache, v_cache, meta.seq_lens[:nd], meta.block_tables[:nd], scale, out[:nd])
+            order = meta.decode_order
+            paged_decode(q[:nd], k_cache, v_cache, meta.seq_lens[:nd], meta.block_tables[:nd], scale, out[:nd],
+                         order=None if order is None else order[:nd])  # fmt: skip
         if meta.seq_lens.shape[0] > nd:  # shapes, not host lists: a captured decode graph never takes this
             paged_prefill(
                 q, k_cache, v_cache, meta.query_start_loc, meta.seq_lens, meta.block_tables, nd,
