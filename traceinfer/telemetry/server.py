@@ -5,7 +5,8 @@ watched process.
     GET /snapshot   the JSON snapshot ``traceinfer top --attach`` draws (``?since_ns=T``: windows from T)
     GET /           what is served here
 
-It binds when made, so a port in use or an address it may not take fails before a model loads, and it
+It binds and starts answering when made, so a port in use or an address it may not take fails before a model
+loads, and a client that comes early hears 503 "loading" instead of waiting on a socket nobody reads. It
 takes a loopback address only unless ``allow_remote`` is given: it has no authentication. Each request's
 work (a fold, percentiles over the windows, the exposition) runs on its thread, never the engine's.
 """
@@ -16,6 +17,7 @@ import errno
 import ipaddress
 import json
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -109,15 +111,25 @@ class TelemetryCollector:
                 yield GaugeMetricFamily(m.family, doc, value=value)
 
 
+class _HTTPServer(HTTPServer):
+    allow_reuse_address = False
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that left before its answer (a timed-out ``top``) is no error; others go to stderr."""
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+
 class TelemetryServer:
-    """The endpoint; binds at construction, serves from ``serve()`` until ``close()``."""
+    """The endpoint; binds and answers at construction (503 until ``serve()`` gives it telemetry), until
+    ``close()``."""
 
     def __init__(self, address: tuple[str, int]) -> None:
         host, port = address
         self.telemetry: Telemetry | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        server_cls = type("_Server", (HTTPServer,), {"address_family": family, "allow_reuse_address": False})
+        server_cls = type("_Server", (_HTTPServer,), {"address_family": family})
         try:
             self._httpd = server_cls((host, port), _handler(self))
         except OSError as exc:
@@ -126,8 +138,11 @@ class TelemetryServer:
                                   "another PORT, or 0 for any free one") from None  # fmt: skip
             raise ConfigError(f"--telemetry {host}:{port}: cannot bind: {exc.strerror or exc}") from None
         self.host, self.port = self._httpd.server_address[:2]
-        self._thread: threading.Thread | None = None
         self.cpu_s = 0.0
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="traceinfer-telemetry-http", daemon=True
+        )
+        self._thread.start()
 
     @property
     def url(self) -> str:
@@ -135,13 +150,10 @@ class TelemetryServer:
         return f"http://{host}:{self.port}"
 
     def serve(self, telemetry: Telemetry) -> None:
-        """Serve ``telemetry`` (replacing what was served); starts the thread on the first call."""
+        """Serve ``telemetry`` (replacing what was served)."""
         if self.telemetry is None:
             self.registry.register(TelemetryCollector(_Current(self)))
         self.telemetry = telemetry
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="traceinfer-telemetry-http", daemon=True)
-            self._thread.start()
 
     def _run(self) -> None:
         self._httpd.serve_forever(poll_interval=0.1)
@@ -150,7 +162,7 @@ class TelemetryServer:
         """Stop serving (after ``linger_s`` more seconds of the final figures) and free the port. Safe to
         call twice; a Ctrl-C during the linger still stops the thread."""
         try:
-            if linger_s > 0 and self._thread is not None:
+            if linger_s > 0 and self._thread is not None and self.telemetry is not None:
                 time.sleep(linger_s)
         finally:
             if self._thread is not None:
@@ -186,7 +198,8 @@ def _handler(server: TelemetryServer) -> type[BaseHTTPRequestHandler]:
             telemetry = server.telemetry
             try:
                 if telemetry is None:
-                    self._send(503, "text/plain; charset=utf-8", b"no telemetry yet: the engine is loading\n")
+                    self._send(503, "text/plain; charset=utf-8",
+                               b"no telemetry yet: the engine is loading or warming up\n")  # fmt: skip
                 elif url.path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
                 elif url.path in ("/snapshot", "/snapshot.json"):
