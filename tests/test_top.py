@@ -123,14 +123,15 @@ def test_top_attached_to_a_process_that_exits_says_so_and_keeps_working(tmux, tm
     run, capture, keys = tmux
     port = free_port()
     profile = subprocess.Popen(
-        [sys.executable, "-m", "traceinfer.cli", "profile", "--out", str(tmp_path / "run"), *WORKLOAD.split(),
-         "--report-formats", "none", "--no-perfetto", "--no-progress", "--telemetry", str(port),
-         "--telemetry-linger", "2"],
+        [sys.executable, "-m", "traceinfer.cli", "profile", "--out", str(tmp_path / "run"),
+         *WORKLOAD.replace("--no-warmup", "").split(), "--report-formats", "none", "--no-perfetto", "--no-progress",
+         "--telemetry", str(port), "--telemetry-linger", "2"],
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         run(f"{TOP} --attach http://127.0.0.1:{port}")
-        wait_for(capture, rf"waiting for http://127.0.0.1:{port}|status (running|finished)")
+        # bound before the model loads, the endpoint answers at once: 503 until the profiled run starts
+        wait_for(capture, r"answered 503: no telemetry yet: the engine is loading or warming up")
         screen = wait_for(capture, r"status (running|finished)")
         assert "requests   running" in screen and f"http://127.0.0.1:{port}" in screen
         printed = profile.communicate(timeout=240)[0]
@@ -138,6 +139,7 @@ def test_top_attached_to_a_process_that_exits_says_so_and_keeps_working(tmux, tm
         if profile.poll() is None:
             profile.kill()
     assert profile.returncode == 0, printed
+    assert "Traceback" not in printed and "Error" not in printed, printed  # a client that left is no error
     gone = wait_for(capture, r"the watched process has exited")
     assert "status finished" in gone  # the last figures stay on the screen
     m = read_manifest(tmp_path / "run")
@@ -145,6 +147,24 @@ def test_top_attached_to_a_process_that_exits_says_so_and_keeps_working(tmux, tm
     keys("q")
     after = wait_for(capture, r"EXIT=\d+")
     assert "EXIT=0" in after and re.search(r"^icanon", after, re.M), after
+
+
+def test_a_silent_endpoint_slows_neither_the_redraws_nor_the_keys(tmux):
+    """A port that accepts connections and never answers (a process too busy to serve): every fetch waits out
+    its timeout, on the fetch thread; the screen still redraws at 4/s and q still quits at once."""
+    run, capture, keys = tmux
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1]
+        run(f"{TOP} --attach http://127.0.0.1:{port}")
+        wait_for(capture, rf"waiting for http://127.0.0.1:{port}: timed out")
+        time.sleep(2.0)  # the refresh rate is measured over the last redraws
+        assert figure(capture(), r"refresh ([\d.]+)/s") >= 4.0
+        t = time.monotonic()
+        keys("q")
+        after = wait_for(capture, r"EXIT=\d+")
+        assert "EXIT=0" in after and time.monotonic() - t < 3.0
 
 
 @pytest.mark.parametrize("args, message", [

@@ -244,13 +244,15 @@ class Dashboard:
         console = Console()
         start = time.monotonic()
         period = 1.0 / self.hz
+        stop = threading.Event()
+        self._fetch()  # the first figures before the first draw
+        fetcher = threading.Thread(target=self._fetch_loop, args=(stop,), name="traceinfer-top-fetch", daemon=True)
+        fetcher.start()
         with Keys() as keys, Live(console=console, auto_refresh=False, screen=console.is_terminal,
                                   transient=False) as live:  # fmt: skip
             next_draw = time.monotonic()
             quit_ = False
             while not quit_:
-                if not self.paused:
-                    self._fetch()
                 self._draws.append(time.monotonic())
                 live.update(self.render(), refresh=True)
                 next_draw += period
@@ -264,8 +266,18 @@ class Dashboard:
                     quit_ = key in ("q", "Q")
                     self._key(key)
                     key = None if quit_ else keys.read(max(next_draw - time.monotonic(), 0))
+        stop.set()
+        fetcher.join(timeout=2.0)  # at most one fetch in flight, bounded by its timeout
         print(("" if console.is_terminal else "\n") + self.farewell())
         return 0
+
+    def _fetch_loop(self, stop: threading.Event) -> None:
+        """Fetch on a thread of its own at the refresh rate: a slow or silent endpoint (each try waits up to
+        its timeout) never slows the redraws or the keys."""
+        period = 1.0 / self.hz
+        while not stop.wait(period):
+            if not self.paused:
+                self._fetch()
 
     def _fetch(self) -> None:
         try:
