@@ -134,3 +134,29 @@ def test_num_kv_blocks_above_free_device_memory():
     )
     assert found, message
     assert 0 < float(found.group(1)) <= torch.cuda.mem_get_info()[1] / 2**30
+
+
+def test_launching_a_mixed_step_never_waits_for_the_device():
+    """A mixed prefill + decode step runs eager: preparing its inputs, the model and the logits only queue GPU
+    work. A host wait there (a copy from pageable memory) idles the GPU through the next step's host work."""
+    llm = LLM("synthetic:tiny", device="cuda", num_kv_blocks=256, async_scheduling="off")
+    engine = llm.engine
+    params = SamplingParams(max_tokens=32, ignore_eos=True)
+    for prompt in ([5] * 40, [6] * 70):
+        engine.add_request(prompt, params)
+    engine.step()  # the prefills
+    engine.add_request(list(range(100, 260)), params)
+    engine.step()  # a mixed step, outside the check: compiles its kernels
+    engine.step()
+    engine.add_request(list(range(300, 420)), params)
+    out = engine.scheduler.schedule()
+    assert 0 < out.num_decode_seqs < len(out.scheduled), "the step under test mixes decodes and a prefill"
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        engine.runner.forward_logits(out)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    del llm, engine
+    release_gpu_memory()

@@ -393,7 +393,7 @@ class ModelRunner:
                 self.graphs[graph_size].replay()
                 hidden = self.g_hidden[: len(out.scheduled)]
                 if rows is not None:  # a one-token prefill chunk that does not sample sits in the batch
-                    hidden = hidden[torch.tensor(rows, device=self.device)]
+                    hidden = hidden[self._to_device(rows, torch.int64)]
                 logits = self.model.compute_logits(hidden)
                 return logits if then is None else then(logits)
         if decode_only:
@@ -405,7 +405,9 @@ class ModelRunner:
         with hooks.forward.span(num_tokens=len(input_ids), num_decode_seqs=out.num_decode_seqs, cuda_graph=False):
             hidden = self.model(input_ids, positions, meta)
             if not all_rows:
-                hidden = hidden[rows]
+                # rows through pinned memory: indexing with the list itself copies it from pageable memory,
+                # which waits for the whole forward (mixed steps' host time was their GPU time on the H200)
+                hidden = hidden[self._to_device(rows, torch.int64)]
             logits = self.model.compute_logits(hidden)
             return logits if then is None else then(logits)
 
