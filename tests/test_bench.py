@@ -21,6 +21,7 @@ from traceinfer.analysis.floor import (
 from traceinfer.analysis.latency import percentile, token_latency_summary
 from traceinfer.cli import main
 from traceinfer.passes.hf import build_hf_model, hf_state_dict
+from traceinfer.render.bench_text import format_report
 from traceinfer.workloads import BenchSpec, bench_workload
 
 SMALL = dict(min_input_len=8, max_input_len=24, min_output_len=4, max_output_len=12)
@@ -154,6 +155,26 @@ def test_run_bench_end_to_end(tmp_path, capsys):
     check_figures(result)
     printed = capsys.readouterr().out
     assert "TTFT includes queueing" in printed and "physical floor" in printed and str(out) in printed
+    # no GPU: no counters, and the JSON says why
+    assert result["gpu_counters"] == "not a CUDA device" and ours["details"]["gpu"] is None
+    assert ours["details"]["gpu_runs"] == [None] and "GPU during" not in printed
+
+
+def test_gpu_counters_between_two_readings():
+    """Energy and limiter time are NVML's cumulative counters: a pass gets their differences over its span."""
+    from traceinfer.passes.gpu_counters import Reading, between
+    from traceinfer.render.bench_text import _gpu_line
+
+    before = Reading(1_000_000_000, 5_000_000, {"power": 7_000_000_000, "thermal": None, "any": 7_000_000_000}, 40)
+    after = Reading(3_000_000_000, 6_200_000, {"power": 7_500_000_000, "thermal": None, "any": 7_600_000_000}, 52)
+    g = between(before, after, output_tokens=24_000)
+    assert g["seconds"] == 2.0 and g["energy_j"] == 1200.0 and g["mean_power_w"] == 600.0
+    assert g["output_tokens_per_j"] == 20.0 and g["temperature_c"] == [40, 52]
+    assert g["limited_share"] == {"power": 0.25, "thermal": None, "any": 0.3}  # a counter NVML lacks stays None
+    assert _gpu_line("traceinfer", g) == (
+        "GPU during traceinfer's pass: 600 W mean, 1,200 J, 20.0 output tokens/J; clocks held below application "
+        "clocks by power 25.0%, heat -%, any limiter 30.0% of it")
+    assert between(None, after, 1) is None and between(after, before, 1) is None
 
 
 def test_probe_sets_are_compared_in_rotated_repeated_runs(tmp_path, capsys):
@@ -171,7 +192,13 @@ def test_probe_sets_are_compared_in_rotated_repeated_runs(tmp_path, capsys):
     assert result["traceinfer"]["output_tok_s"] == off  # the headline is the first set's
     printed = capsys.readouterr().out
     assert "cost vs off" in printed and f"{result['probe_cost_pct']['steps']:+.2f}%" in printed
-    assert "run-to-run drift" in printed
+    assert "run-to-run drift" in printed and "held below application clocks" not in printed  # no GPU counters
+    # with a GPU's counters, each pass's share of time on held-back clocks is listed by set
+    held = {"power": 0.0, "thermal": 0.0, "any": 0.0}
+    for spec, r in result["probe_runs"].items():
+        r["details"]["gpu_runs"] = [{"limited_share": {**held, "any": 0.01 * i}} for i in range(3)]
+    assert ("clocks held below application clocks by any limiter, % of each pass: off 0.0, 1.0, 2.0; "
+            "steps 0.0, 1.0, 2.0") in format_report(result)
 
 
 def test_compare_hf_runs_the_same_requests(tmp_path):

@@ -74,6 +74,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from traceinfer.engine import device as dev
     from traceinfer.engine.llm_engine import LLM
     from traceinfer.passes.engine import median_pass, probed_passes, warm_up
+    from traceinfer.passes.gpu_counters import GpuCounters, between
 
     if args.repeat < 1:
         raise ConfigError(f"--repeat must be >= 1, got {args.repeat}")
@@ -90,6 +91,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     flops = args.matmul_tflops * 1e12 if args.matmul_tflops else dev.measure_matmul(device, dtype)
     dev.release_memory(device)
 
+    counters = GpuCounters(device)  # the HF pass's; probed_passes reads its own around each of ours
     llm = LLM(config=engine_config)
     dev.freeze_gc()
     engine = llm.engine
@@ -115,9 +117,13 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         dev.release_memory(device)
         hf_model = build_hf_model(engine_config.model, hf_config, weights, device, dtype)
         del weights
+        before = counters.read()
         hf = run_hf(hf_model, device, workload.prompts, workload.params, spec["seed"])
+        hf.details["gpu"] = between(before, counters.read(), hf.output_tokens)
         del hf_model
         dev.release_memory(device)
+    counters_note = counters.reason or "NVML: energy and clock limiters over each pass (details.gpu)"
+    counters.close()
 
     import torch
 
@@ -135,6 +141,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             "expected_output_tokens": sum(output_lens),
             "arrivals": "all requests at t=0 (offline batch): TTFT includes queueing",
         },
+        "gpu_counters": counters_note,
         "device_rates": {
             "bandwidth_bytes_per_s": bandwidth,
             "bandwidth_measured": not args.bandwidth,

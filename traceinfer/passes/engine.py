@@ -20,6 +20,7 @@ from traceinfer.config import ProbesConfig
 from traceinfer.engine.device import synchronize
 from traceinfer.errors import TraceinferError
 from traceinfer.passes import PassResult
+from traceinfer.passes.gpu_counters import GpuCounters, between
 from traceinfer.probes import attach
 from traceinfer.workloads import Workload
 
@@ -208,18 +209,24 @@ def probed_passes(
     """One timed pass (an offline batch) per probe set, ``repeat`` rounds, each round in rotated order (so
     no set always runs first or after the same one); each pass writes a temporary run directory, so writing
     is part of the cost. ``options``: the probes' settings (rates, ...). Returns set -> its passes, in the
-    order they ran."""
+    order they ran; each pass's ``details["gpu"]`` holds the GPU's counters over it (passes.gpu_counters)."""
     order = [probe_sets[(i + r) % len(probe_sets)] for r in range(repeat) for i in range(len(probe_sets))]
     passes: dict[str, list[PassResult]] = {spec: [] for spec in probe_sets}
-    for spec in order:
-        llm.engine.block_manager.reset_prefix_cache()
-        session = attach(llm.engine, spec, None, options)
-        try:
-            result = timed_pass(llm, workload, count_steps=True)
-        finally:
-            session.close()
-        result.details["probes"] = spec
-        passes[spec].append(result)
+    counters = GpuCounters(llm.engine.device)
+    try:
+        for spec in order:
+            llm.engine.block_manager.reset_prefix_cache()
+            session = attach(llm.engine, spec, None, options)
+            try:
+                before = counters.read()
+                result = timed_pass(llm, workload, count_steps=True)
+                result.details["gpu"] = between(before, counters.read(), result.output_tokens)
+            finally:
+                session.close()
+            result.details["probes"] = spec
+            passes[spec].append(result)
+    finally:
+        counters.close()
     return passes
 
 
@@ -228,4 +235,5 @@ def median_pass(results: list[PassResult]) -> PassResult:
     ranked = sorted(results, key=lambda r: r.output_tok_s)
     median = ranked[len(ranked) // 2]
     median.details["output_tok_s_runs"] = [r.output_tok_s for r in results]
+    median.details["gpu_runs"] = [r.details.get("gpu") for r in results]
     return median

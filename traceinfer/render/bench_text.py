@@ -18,6 +18,20 @@ def _fmt(value, spec: str = ",.1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _pct(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}"
+
+
+def _gpu_line(name: str, g: dict) -> str:
+    """The GPU's counters over one pass (passes.gpu_counters.between), in a line."""
+    held = g["limited_share"]
+    energy = (f"{_fmt(g['mean_power_w'], ',.0f')} W mean, {_fmt(g['energy_j'], ',.0f')} J, "
+              f"{_fmt(g['output_tokens_per_j'], ',.1f')} output tokens/J")  # fmt: skip
+    return (f"GPU during {name}'s pass: {energy}; clocks held below application clocks by power "
+            f"{_pct(held.get('power'))}%, heat {_pct(held.get('thermal'))}%, any limiter {_pct(held.get('any'))}% "
+            "of it")  # fmt: skip
+
+
 def format_report(result: dict) -> str:
     """The plain-text table printed by ``traceinfer bench``."""
     w, ours, hf, floor = result["workload"], result["traceinfer"], result["hf"], result["floor"]
@@ -49,6 +63,9 @@ def format_report(result: dict) -> str:
         lines.append(label.ljust(label_w) + "  " + "  ".join(c.rjust(wd) for c, wd in zip(cells, widths)))
     if hf:
         lines.append(f"traceinfer / HF output tok/s: {result['ratio_traceinfer_over_hf']:.2f}x")
+    for name, r in runs:
+        if g := r["details"].get("gpu"):
+            lines.append(_gpu_line(name, g))
     costs = result.get("probe_cost_pct")
     if costs:
         lines.append("")
@@ -61,6 +78,11 @@ def format_report(result: dict) -> str:
         if spread is not None:
             lines.append(f"(runs of off lie within +-{spread:.1f}% of their median: smaller costs are within the "
                          "run-to-run drift; more --repeat narrows the medians)")  # fmt: skip
+        held = {spec: r["details"].get("gpu_runs") or [] for spec, r in result["probe_runs"].items()}
+        if any(g and g["limited_share"].get("any") is not None for runs_ in held.values() for g in runs_):
+            lines.append("clocks held below application clocks by any limiter, % of each pass: " + "; ".join(
+                f"{spec} " + ", ".join(_pct(g["limited_share"]["any"] if g else None) for g in runs_)
+                for spec, runs_ in held.items()))  # fmt: skip
         paired = {k: v for k, v in (result.get("probe_cost_paired") or {}).items() if v}
         for spec, p in paired.items():
             lines.append(f"{spec} against off, round by round: {describe_paired(p)}")
