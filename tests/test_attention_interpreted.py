@@ -1,6 +1,10 @@
-"""The Triton decode kernel on CPU under TRITON_INTERPRET=1, against the torch reference: every split count,
-in row order and in a given start order (the runner's longest-first order), with a padding row. float32, small
-heads; the bf16 checks at the models' shapes are on the GPU (tests/gpu/test_triton_attention.py)."""
+"""The attention path's Triton kernels on CPU under TRITON_INTERPRET=1, float32 and small heads; the bf16 checks
+at the models' shapes are on the GPU (tests/gpu/test_triton_attention.py, test_fused_ops.py):
+
+- the decode kernel against the torch reference: every split count, in row order and in a given start order
+  (the runner's longest-first order), with a padding row;
+- qk_norm_rope storing the step's K/V (KVStore): the cache it writes is the one the backends' store_kv writes
+  from its outputs, and a padding slot (-1) stays untouched."""
 
 from __future__ import annotations
 
@@ -59,11 +63,40 @@ def interpreted_decode_checks() -> None:
             assert (out[3] == 0).all(), "a padding row (seq_len 0) comes out as zeros"
 
 
-def test_decode_interpreted():
+def interpreted_rope_store_checks() -> None:
+    from traceinfer.engine import fused_ops
+    from traceinfer.engine.attention.torch_backend import store_kv
+
+    g = torch.Generator().manual_seed(1)
+    tokens, heads, kv_heads, dim, block = 5, 4, 2, 16, 4
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * dim, generator=g)
+    q, k, v = (t.view(tokens, -1, dim) for t in qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1))
+    w = 0.5 + torch.rand(dim, generator=g)
+    angles = torch.arange(64.0)[:, None] * torch.rand(dim // 2, generator=g)[None, :]
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    positions = torch.tensor([3, 0, 63, 7, 7])
+    slots = torch.tensor([9, 0, -1, 31, 12])  # token 2 is padding
+    for norms in ((w, w), (None, None)):
+        cache = [torch.full((8, block, kv_heads, dim), float("nan")) for _ in range(2)]
+        q_out, k_out = fused_ops.qk_norm_rope(q, k, *norms, 1e-6, cos, sin, positions,
+                                              fused_ops.KVStore(v, *cache, slots))  # fmt: skip
+        q_ref, k_ref = fused_ops.qk_norm_rope(q, k, *norms, 1e-6, cos, sin, positions)
+        assert torch.equal(q_out, q_ref) and torch.equal(k_out, k_ref)
+        want = [torch.full_like(cache[0], float("nan")) for _ in range(2)]
+        store_kv(k_ref, v, *want, slots)
+        for got, ref in zip(cache, want):
+            torch.testing.assert_close(got, ref, rtol=0, atol=0, equal_nan=True)
+    bad = fused_ops.KVStore(v, torch.zeros(8, 3, kv_heads, dim), torch.zeros(8, 3, kv_heads, dim), slots)
+    with pytest.raises(ValueError, match="power-of-two block_size"):
+        fused_ops.qk_norm_rope(q, k, None, None, 0.0, cos, sin, positions, bad)
+
+
+def test_kernels_interpreted():
     """In a fresh process: triton reads TRITON_INTERPRET when the kernels are defined."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = "import tests.test_attention_interpreted as t; t.interpreted_decode_checks()"
+    code = "import tests.test_attention_interpreted as t; t.interpreted_decode_checks();"
+    code += " t.interpreted_rope_store_checks()"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
@@ -73,3 +106,24 @@ def test_decode_order_is_longest_first_and_stable():
 
     assert decode_order(np.array([5, 9, 5, 0, 9])).tolist() == [1, 4, 0, 2, 3]
     assert decode_order(np.array([7])).tolist() == [0]
+
+
+def test_the_torch_rope_path_stores_a_kv_store_too():
+    """On CPU the models' RoPE runs in torch; given a KVStore it writes the cache as store_kv does."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("triton")  # fused_ops, where KVStore lives, imports it
+
+    from traceinfer.engine.attention.torch_backend import store_kv
+    from traceinfer.engine.fused_ops import KVStore
+    from traceinfer.engine.models.common import RotaryEmbedding
+
+    g = torch.Generator().manual_seed(2)
+    rotary = RotaryEmbedding(SimpleNamespace(rope_theta=10000.0), head_dim=16, max_positions=32)
+    q, k, v = (torch.randn(3, h, 16, generator=g) for h in (4, 2, 2))
+    positions, slots = torch.tensor([0, 5, 31]), torch.tensor([2, -1, 7])
+    cache = [torch.zeros(2, 4, 2, 16) for _ in range(2)]
+    q_out, k_out = rotary(positions, q, k, kv_store=KVStore(v, *cache, slots))
+    want = [torch.zeros(2, 4, 2, 16) for _ in range(2)]
+    store_kv(k_out, v, *want, slots)
+    assert torch.equal(cache[0], want[0]) and torch.equal(cache[1], want[1]) and cache[0].abs().sum() > 0

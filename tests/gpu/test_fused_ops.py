@@ -147,6 +147,34 @@ def test_qk_norm_rope_matches_torch(num_tokens, heads, qk_norm, dtype, poisoned)
         assert_matches(out, ref, exact=not qk_norm, per_head=True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_tokens", TOKENS)
+def test_qk_norm_rope_stores_the_kv_cache_as_store_kv_does(num_tokens, dtype):
+    """With a KVStore the kernel also writes the rotated k and the step's v to their cache slots: the same
+    bytes as the backends' store_kv of its outputs; padding slots (-1) and every other slot stay untouched."""
+    from traceinfer.engine.attention.triton_backend import store_kv
+
+    torch.manual_seed(num_tokens)
+    num_heads, num_kv_heads, head_dim, block = 16, 8, 128, 16
+    qkv = torch.randn(num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, device=DEVICE).to(dtype)
+    q, k, v = (t.view(num_tokens, -1, head_dim) for t in qkv.split(
+        [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1))  # fmt: skip
+    w = (0.5 + torch.rand(head_dim, device=DEVICE)).to(dtype)
+    cos, sin = rope_tables(head_dim)
+    positions = torch.randint(0, ROPE_POSITIONS, (num_tokens,), device=DEVICE)
+    num_blocks = num_tokens // block + 4
+    slots = torch.randperm(num_blocks * block, device=DEVICE)[:num_tokens]
+    slots[::3] = -1  # padding tokens
+    caches = [torch.full((num_blocks, block, num_kv_heads, head_dim), float("nan"), device=DEVICE, dtype=dtype)
+              for _ in range(2)]  # fmt: skip
+    q_out, k_out = fused_ops.qk_norm_rope(q, k, w, w, EPS, cos, sin, positions, fused_ops.KVStore(v, *caches, slots))
+    want = [torch.full_like(caches[0], float("nan")) for _ in range(2)]
+    store_kv(k_out, v, *want, slots)
+    for got, ref in zip(caches, want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(q_out, fused_ops.qk_norm_rope(q, k, w, w, EPS, cos, sin, positions)[0])
+
+
 # -- SiLU(gate) * up -----------------------------------------------------------------------------
 
 

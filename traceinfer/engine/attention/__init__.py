@@ -1,8 +1,9 @@
 """Attention backends behind one interface.
 
-A backend has a ``name`` and ``forward(q, k, v, k_cache, v_cache, meta, scale) -> out``: it stores
-the step's new K/V into the paged cache through ``meta.slot_mapping`` and returns causal attention
-of every query over its sequence's cached K/V. Shapes: q [T, Hq, D], k/v [T, Hkv, D],
+A backend has a ``name`` and ``forward(q, k, v, k_cache, v_cache, meta, scale, kv_stored=False) -> out``:
+it stores the step's new K/V into the paged cache through ``meta.slot_mapping`` (unless ``kv_stored``: the
+caller wrote them, e.g. fused into RoPE) and returns causal attention of every query over its sequence's
+cached K/V, which every backend reads from the cache alone. Shapes: q [T, Hq, D], k/v [T, Hkv, D],
 caches [num_blocks, block_size, Hkv, D].
 """
 

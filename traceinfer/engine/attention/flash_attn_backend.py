@@ -63,11 +63,13 @@ class FlashAttention:
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        kv_stored: bool = False,  # the step's K/V are in the cache already (fused_ops.qk_norm_rope's KVStore)
     ) -> torch.Tensor:  # [T, Hq, D]
         from traceinfer.engine.attention.triton_backend import store_kv
 
         check_block_size(k_cache.shape[1])
-        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        if not kv_stored:
+            store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         nd = meta.num_decode_seqs
         if nd > 0:

@@ -44,8 +44,10 @@ class TorchAttention:
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        kv_stored: bool = False,  # the step's K/V are in the cache already (fused_ops.qk_norm_rope's KVStore)
     ) -> torch.Tensor:  # [T, Hq, D]
-        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        if not kv_stored:
+            store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         return paged_attention_reference(q, k_cache, v_cache, meta, scale)
 
 

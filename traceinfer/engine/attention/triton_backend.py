@@ -421,9 +421,11 @@ class TritonAttention:
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        kv_stored: bool = False,  # the step's K/V are in the cache already (fused_ops.qk_norm_rope's KVStore)
     ) -> torch.Tensor:  # [T, Hq, D]
         _check_layout(q, k_cache, v_cache)
-        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        if not kv_stored:
+            store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         nd = meta.num_decode_seqs
         if nd > 0:

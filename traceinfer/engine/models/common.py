@@ -109,6 +109,7 @@ class RotaryEmbedding(nn.Module):
         k: torch.Tensor,  # [T, Hkv, D]
         q_norm: RMSNorm | None = None,
         k_norm: RMSNorm | None = None,
+        kv_store=None,  # fused_ops.KVStore: also write the rotated k and the step's v into the KV cache
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """RMSNorm each head of q and k when norms are given (Qwen3), then rotate them to their positions."""
         if q.is_cuda:
@@ -116,12 +117,17 @@ class RotaryEmbedding(nn.Module):
 
             q_w, k_w = (q_norm.weight, k_norm.weight) if q_norm is not None else (None, None)
             eps = q_norm.eps if q_norm is not None else 0.0  # q_norm and k_norm share the config's eps
-            return fused_ops.qk_norm_rope(q, k, q_w, k_w, eps, self.cos, self.sin, positions)
+            return fused_ops.qk_norm_rope(q, k, q_w, k_w, eps, self.cos, self.sin, positions, kv_store)
         if q_norm is not None:
             q, k = rms_norm(q, q_norm.weight, q_norm.eps), rms_norm(k, k_norm.weight, k_norm.eps)
         cos = self.cos[positions].unsqueeze(1).to(q.dtype)
         sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_store is not None:
+            from traceinfer.engine.attention.torch_backend import store_kv
+
+            store_kv(k, kv_store.v, kv_store.k_cache, kv_store.v_cache, kv_store.slot_mapping)
+        return q, k
 
 
 class Attention(nn.Module):
@@ -152,8 +158,13 @@ class Attention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         norms = (self.q_norm, self.k_norm) if self.qk_norm else (None, None)
-        q, k = rotary(positions, q, k, *norms)
-        o = self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        store = None
+        if x.is_cuda:  # the RoPE kernel also stores the step's K/V: one kernel a layer fewer than a separate store
+            from traceinfer.engine import fused_ops
+
+            store = fused_ops.KVStore(v, self.k_cache, self.v_cache, meta.slot_mapping)
+        q, k = rotary(positions, q, k, *norms, kv_store=store)
+        o = self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale, kv_stored=store is not None)
         return self.o_proj(o.flatten(1))
 
 
