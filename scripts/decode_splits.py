@@ -3,7 +3,6 @@
     python scripts/decode_splits.py            (GPU) the kernel alone
     python scripts/decode_splits.py --engine   (GPU) the splits the engine's CUDA graphs were captured with
     python scripts/decode_splits.py --bench-steps  (GPU) the decode steps of `traceinfer bench`, replayed
-    python scripts/decode_splits.py --order-ab     (GPU) bench passes with decode rows longest first or in row order
 
 Without --engine: per batch size, the splits the backend picks and the kernel time (CUDA graph replay, median
 of do_bench) for each power-of-two split count, with the context each row holds. With --engine: builds the
@@ -11,9 +10,8 @@ engine on synthetic:qwen3-0.6b and prints each decode launch made while its grap
 block-table width, splits): what each graph replays. With --bench-steps: the bench workload's decode steps
 rebuilt from its lengths (every 64th step: its running requests, their contexts, padded to the engine's graph
 size), each timed with launch variants (kernel config, split count, longest sequences first), and the decode
-time of the whole bench estimated from them (sample x 64 steps x 28 layers). With --order-ab: one engine
-(synthetic:qwen3-0.6b, the bench's defaults), timed passes of the bench workload, interleaved, with the
-runner's decode order longest first (the default) or replaced by row order."""
+time of the whole bench estimated from them (sample x 64 steps x 28 layers).
+The order's effect on whole bench passes: scripts/engine_ab.py decode-order."""
 
 from __future__ import annotations
 
@@ -135,42 +133,10 @@ def bench_steps() -> None:
         print(f"  {name:>12}: {s:.3f} s ({floor_s / s:.1%} of the floor's rate)")
 
 
-def order_ab(rounds: int = 4) -> None:
-    import statistics
-
-    import numpy as np
-
-    from traceinfer import LLM, workloads
-    from traceinfer.config import WorkloadConfig
-    from traceinfer.engine import model_runner
-    from traceinfer.passes.engine import timed_pass, warm_up
-
-    longest_first = model_runner.decode_order
-    modes = {"longest first": longest_first, "row order": lambda lens: np.arange(len(lens))}
-    wl = workloads.make(WorkloadConfig(name="bench"), True)
-    llm = LLM("synthetic:qwen3-0.6b")
-    warm_up(llm, wl, full=True)
-    rates: dict[str, list[float]] = {m: [] for m in modes}
-    for r in range(rounds):
-        for mode in list(modes)[:: 1 if r % 2 else -1]:
-            model_runner.decode_order = modes[mode]
-            llm.engine.block_manager.reset_prefix_cache()
-            result = timed_pass(llm, wl)
-            rates[mode].append(result.output_tok_s)
-            print(f"round {r} {mode:13s} {result.output_tok_s:9.1f} tok/s  {result.seconds:.3f} s", flush=True)
-    model_runner.decode_order = longest_first
-    for mode, xs in rates.items():
-        print(f"{mode:13s} median {statistics.median(xs):9.1f} tok/s  range {min(xs):.1f}..{max(xs):.1f}")
-    ratio = [a / b for a, b in zip(rates["longest first"], rates["row order"])]
-    print(f"longest first / row order per round: {[round(x, 4) for x in ratio]}")
-
-
 if __name__ == "__main__":
     if "--engine" in sys.argv[1:]:
         engine_launches()
     elif "--bench-steps" in sys.argv[1:]:
         bench_steps()
-    elif "--order-ab" in sys.argv[1:]:
-        order_ab()
     else:
         main()

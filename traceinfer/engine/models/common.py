@@ -92,6 +92,11 @@ def rope_inv_freq(config, head_dim: int) -> tuple[torch.Tensor, float]:
     return inv_freq.float(), float(scaling)
 
 
+# On CUDA the RoPE kernel stores the step's K/V into the cache (fused_ops.KVStore) instead of the attention
+# backend's own store kernel; off, for an A/B (scripts/engine_ab.py kv-store), the backend stores them.
+FUSE_KV_STORE = True
+
+
 class RotaryEmbedding(nn.Module):
     def __init__(self, config, head_dim: int, max_positions: int) -> None:
         super().__init__()
@@ -159,7 +164,7 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         norms = (self.q_norm, self.k_norm) if self.qk_norm else (None, None)
         store = None
-        if x.is_cuda:  # the RoPE kernel also stores the step's K/V: one kernel a layer fewer than a separate store
+        if x.is_cuda and FUSE_KV_STORE:  # the RoPE kernel also stores the step's K/V: a kernel a layer fewer
             from traceinfer.engine import fused_ops
 
             store = fused_ops.KVStore(v, self.k_cache, self.v_cache, meta.slot_mapping)

@@ -1,0 +1,60 @@
+"""An engine switch on or off, timed on full passes of the bench workload in one process (GPU).
+
+    python scripts/engine_ab.py kv-store [--rounds 4]       the RoPE kernel stores K/V, or the backend does
+    python scripts/engine_ab.py decode-order [--rounds 4]   decode attention longest context first, or row order
+
+Two engines side by side (synthetic:qwen3-0.6b, the bench's defaults but KV_BLOCKS blocks each, enough for the
+bench without preemption), each built, its CUDA graphs captured and warmed up with its setting; then passes
+alternate between them, the order flipping every round. Prints each pass, the medians and the ratio per round."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+
+from traceinfer import LLM, workloads
+from traceinfer.config import WorkloadConfig
+from traceinfer.engine.device import freeze_gc
+from traceinfer.passes.engine import timed_pass, warm_up
+
+SWITCHES = {  # name -> (module, its constant)
+    "kv-store": ("traceinfer.engine.models.common", "FUSE_KV_STORE"),
+    "decode-order": ("traceinfer.engine.model_runner", "DECODE_LONGEST_FIRST"),
+}
+KV_BLOCKS = 24_000  # 44 GB each at Qwen3-0.6B's 1.8 MB a block; the bench holds at most ~17,300 blocks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("switch", choices=SWITCHES)
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    module, name = SWITCHES[args.switch]
+    mod = importlib.import_module(module)
+    wl = workloads.make(WorkloadConfig(name="bench"), True)
+    engines = {}
+    for on in (True, False):
+        setattr(mod, name, on)
+        engines[on] = LLM("synthetic:qwen3-0.6b", num_kv_blocks=KV_BLOCKS)
+    freeze_gc()
+    for on, llm in engines.items():
+        setattr(mod, name, on)
+        warm_up(llm, wl, full=True)
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(args.rounds):
+        for on in (True, False) if r % 2 else (False, True):
+            setattr(mod, name, on)
+            llm = engines[on]
+            llm.engine.block_manager.reset_prefix_cache()
+            result = timed_pass(llm, wl)
+            rates[on].append(result.output_tok_s)
+            print(f"round {r} {name}={on!s:5}  {result.output_tok_s:9.1f} tok/s  {result.seconds:.3f} s", flush=True)
+    setattr(mod, name, True)
+    for on, xs in rates.items():
+        print(f"{name}={on!s:5} median {statistics.median(xs):9.1f} tok/s  range {min(xs):.1f}..{max(xs):.1f}")
+    print(f"on / off per round: {[round(a / b, 4) for a, b in zip(rates[True], rates[False])]}")
+
+
+if __name__ == "__main__":
+    main()
