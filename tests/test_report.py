@@ -148,6 +148,37 @@ def test_on_a_gpu_a_host_stage_explains_at_most_the_gpus_idle_time():
     assert host_stage(on_cpu).explains_s == pytest.approx(0.03)
 
 
+def test_a_launch_that_waits_for_the_gpu_is_named_with_the_idle_it_causes():
+    """The H200 bench of 2026-12-01: the eager mixed steps' launch lasted their GPU work (24.6 ms; a copy
+    from pageable memory waited for the forward), so the next step's prepare ran with the GPU idle."""
+    import pandas as pd
+
+    from traceinfer.analysis.findings import RunData, host_waits_in_forward
+    from traceinfer.rundir.schema import stream
+
+    n, manifest = 100, {"engine": {"device": "cuda"}}
+    steps = pd.DataFrame({c: [None] * n for c in stream("steps").names}).assign(
+        step=range(n), dur_ns=5_000_000, forward_ns=800_000, gpu_forward_ns=4_800_000, gpu_gap_ns=20_000.0,
+        cuda_graph=True, num_prefill_tokens=0)  # fmt: skip
+    waits = [10, 11, 12, 13, 14]  # eager mixed steps whose launch took their GPU time
+    steps.loc[waits, ["forward_ns", "gpu_forward_ns", "cuda_graph", "num_prefill_tokens"]] = [24_000_000, 24_500_000,
+                                                                                                 False, 8000]  # fmt: skip
+    steps.loc[[w + 1 for w in waits], "gpu_gap_ns"] = 6_000_000.0  # the forward after each started late
+    wall_s = 0.62
+    f = host_waits_in_forward(RunData(manifest, {"steps": steps}, wall_s))
+    assert f.explains_s == pytest.approx(0.030) and f.severity == "low"
+    assert f.evidence["steps"] == 5 and f.evidence["eager"] == 5 and f.evidence["with_prefill"] == 5
+    assert f.evidence["first_steps"] == waits
+    assert "inside 5 forwards' launch (24.0 ms against 24.5 ms of GPU work)" in f.title and "30 ms" in f.title
+    assert "set_sync_debug_mode" in f.action
+    # launches shorter than their GPU work, forwards under 1 ms on the GPU, or a CPU run: silent
+    assert host_waits_in_forward(RunData(manifest, {"steps": steps.assign(forward_ns=800_000)}, wall_s)) is None
+    tiny = steps.assign(gpu_forward_ns=500_000, forward_ns=600_000)
+    assert host_waits_in_forward(RunData(manifest, {"steps": tiny}, wall_s)) is None
+    on_cpu = steps.assign(gpu_forward_ns=None, gpu_gap_ns=None)
+    assert host_waits_in_forward(RunData({"engine": {"device": "cpu"}}, {"steps": on_cpu}, wall_s)) is None
+
+
 def test_an_nsys_capture_names_the_gaps_inside_a_graph_and_the_largest_kernels():
     """With the host off the critical path (the H200 at batch 1: 3% idle between forwards), what is left is
     the forward: the idle between a graph's nodes is a finding of its own, and compute_bound names the

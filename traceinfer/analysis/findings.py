@@ -9,6 +9,8 @@ fire returns None. Every figure comes from the run's streams or manifest (``evid
     host_stage                a host stage outside the forward (schedule, prepare, postprocess, handover,
                               the rest of a step) takes more than 5% of the run, and on a GPU the GPU
                               idles more than that between forwards (only then can it cost the run)
+    host_waits_in_forward     on a GPU, forwards whose launch lasted as long as their GPU work (a wait for the
+                              GPU inside the launch), and the GPU then idled through the next step's host work
     kv_preemptions            the KV cache ran out and requests were preempted (their work recomputed)
     gc_pauses                 collections paused steps for more than 1% of the run
     eager_decode              on a GPU with CUDA graphs expected, decode steps ran eager
@@ -164,6 +166,48 @@ def host_stage(d: RunData) -> Finding | None:
         explains,
         evidence,
         actions[stage],
+    )
+
+
+WAIT_MIN_GPU_NS = 1_000_000  # forwards shorter than this on the GPU are left out: any launch is as long
+WAIT_SHARE = 0.9  # a launch lasting this share of its GPU work or more kept the host from moving on
+
+
+def host_waits_in_forward(d: RunData) -> Finding | None:
+    """On a GPU the forward stage only launches work, and the host moves on to the next step while the GPU
+    runs it. A launch that lasts as long as the GPU work it launched waited for the GPU: at a synchronizing
+    call inside the forward, or kernel by kernel when the launches are slower than the kernels. The next
+    step's host work then starts only when the GPU is done, and the GPU idles through it. Explains that
+    idle: the GPU's gap before each forward that follows such a step. (On the H200 bench of 2026-12-01 the
+    eager mixed steps' launch took their GPU time, 24.6 ms: indexing with a host list copied it from pageable
+    memory, a wait for the whole forward.)"""
+    steps = d.frame("steps")
+    if not d.on_cuda or steps.empty or steps["gpu_forward_ns"].dropna().empty or not d.wall_s:
+        return None
+    s = steps[steps["forward_ns"].notna()].sort_values("step")
+    gpu = s["gpu_forward_ns"]
+    waited = (gpu >= WAIT_MIN_GPU_NS) & (s["forward_ns"] >= WAIT_SHARE * gpu)
+    idle_after = s["gpu_gap_ns"].shift(-1).fillna(0)[waited]
+    explains = float(idle_after.sum()) / 1e9
+    if explains < 0.01 * d.wall_s:
+        return None
+    w = s[waited]
+    eager = int((~w["cuda_graph"].fillna(False).astype(bool)).sum())
+    prefill = int((w["num_prefill_tokens"].fillna(0) > 0).sum())
+    return Finding(
+        "host_waits_in_forward",
+        f"The host waited for the GPU inside {len(w):,} forwards' launch ({_ms(w['forward_ns'].median()):.1f} ms "
+        f"against {_ms(gpu[waited].median()):.1f} ms of GPU work), and the GPU then idled through the next "
+        f"step's host work: {1e3 * explains:.0f} ms",
+        _severity(explains, d.wall_s),
+        explains,
+        {"steps": int(len(w)), "forwards": int(len(s)), "eager": eager, "with_prefill": prefill,
+         "launch_median_ms": _ms(w["forward_ns"].median()), "gpu_forward_median_ms": _ms(gpu[waited].median()),
+         "gpu_idle_after_s": explains, "wall_s": d.wall_s, "first_steps": [int(x) for x in w["step"].head(5)],
+         "source": "steps.forward_ns, steps.gpu_forward_ns, steps.gpu_gap_ns (of the next forward)"},  # fmt: skip
+        "Run one such step under torch.cuda.set_sync_debug_mode('warn'): it names each call that waits for the "
+        "GPU (.item(), .tolist(), a copy from pageable memory, indexing a CUDA tensor with a host list). If none "
+        "does, the launches themselves are slower than the kernels: a CUDA graph, or fewer, larger kernels.",
     )
 
 
@@ -386,8 +430,8 @@ def compute_bound(d: RunData) -> Finding:
 
 
 RULES: tuple[Callable[[RunData], Finding | None], ...] = (
-    host_bound_gaps, host_stage, kv_preemptions, gc_pauses, eager_decode, prefill_stalls, budget_throttle, probe_cost,
-    kernel_gaps,
+    host_bound_gaps, host_stage, host_waits_in_forward, kv_preemptions, gc_pauses, eager_decode, prefill_stalls,
+    budget_throttle, probe_cost, kernel_gaps,
 )  # fmt: skip
 
 
