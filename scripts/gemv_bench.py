@@ -4,6 +4,8 @@ batch-1 decode.
     python scripts/gemv_bench.py            (GPU) kernel times: cuBLAS, the default config, the best of a sweep
     python scripts/gemv_bench.py --engine   (GPU) batch-1 ITL of synthetic:qwen3-0.6b with the kernel and
                                             without it (cuBLAS), interleaved, several rounds in one process
+    python scripts/gemv_bench.py --rows     (GPU) cuBLAS alone at the decode graphs' batch sizes (16-256 rows):
+                                            time, and the share of the bytes / flops floor it reaches
 
 Kernel times are do_bench_cudagraph medians (launch cost out, weights not in L2: each matrix is larger than
 the 60 MB L2 only together, so a replay of one kernel finds its weights in L2; the figures are an upper
@@ -87,8 +89,30 @@ def engine(rounds: int = 3) -> None:
     print(f"greedy tokens equal in {same} of {len(tokens['gemv'])} positions (bf16: a near-tie may flip)")
 
 
+def rows(copy_tb_s: float = 4.2, matmul_tflop_s: float = 780.0) -> None:
+    """cuBLAS at the decode graphs' batch sizes: how far each projection is from max(bytes / copy rate,
+    flops / matmul rate), the H200's measured rates (ANCHORS: 4.2 TB/s, 780 TFLOP/s bf16)."""
+    dev = torch.device("cuda")
+    copies = 8
+    total = {}
+    for m in (16, 32, 64, 128, 256):
+        for name, (n, k) in SHAPES.items():
+            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
+            us = triton.testing.do_bench_cudagraph(lambda: [F.linear(x, w) for w in ws], rep=40) * 1e3 / copies
+            nbytes = (n * k + m * k + m * n) * 2
+            floor_us = max(nbytes / copy_tb_s / 1e6, 2 * m * n * k / matmul_tflop_s / 1e6)
+            total[m] = total.get(m, 0.0) + us
+            print(f"m {m:3d} {name:8s} {n:5d}x{k:5d} cublas {us:6.2f}us  floor {floor_us:5.2f}us "
+                  f"({floor_us / us:5.1%})", flush=True)  # fmt: skip
+    for m, us in total.items():
+        print(f"m {m:3d}: the four projections {us:6.2f}us a layer, {28 * us / 1e3:.3f} ms a step (28 layers)")
+
+
 if __name__ == "__main__":
     if "--engine" in sys.argv:
         engine()
+    elif "--rows" in sys.argv:
+        rows()
     else:
         kernels()
