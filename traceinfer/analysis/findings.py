@@ -192,17 +192,18 @@ def host_waits_in_forward(d: RunData) -> Finding | None:
     if explains < 0.01 * d.wall_s:
         return None
     w = s[waited]
+    launch_ms, gpu_ms = _ms(w["forward_ns"].median()), _ms(w["gpu_forward_ns"].median())
     eager = int((~w["cuda_graph"].fillna(False).astype(bool)).sum())
     prefill = int((w["num_prefill_tokens"].fillna(0) > 0).sum())
     return Finding(
         "host_waits_in_forward",
-        f"The host waited for the GPU inside {len(w):,} forwards' launch ({_ms(w['forward_ns'].median()):.1f} ms "
-        f"against {_ms(gpu[waited].median()):.1f} ms of GPU work), and the GPU then idled through the next "
+        f"The host waited for the GPU inside {len(w):,} forwards' launch ({launch_ms:.1f} ms "
+        f"against {gpu_ms:.1f} ms of GPU work), and the GPU then idled through the next "
         f"step's host work: {1e3 * explains:.0f} ms",
         _severity(explains, d.wall_s),
         explains,
         {"steps": int(len(w)), "forwards": int(len(s)), "eager": eager, "with_prefill": prefill,
-         "launch_median_ms": _ms(w["forward_ns"].median()), "gpu_forward_median_ms": _ms(gpu[waited].median()),
+         "launch_median_ms": launch_ms, "gpu_forward_median_ms": gpu_ms,
          "gpu_idle_after_s": explains, "wall_s": d.wall_s, "first_steps": [int(x) for x in w["step"].head(5)],
          "source": "steps.forward_ns, steps.gpu_forward_ns, steps.gpu_gap_ns (of the next forward)"},  # fmt: skip
         "Run one such step under torch.cuda.set_sync_debug_mode('warn'): it names each call that waits for the "
