@@ -245,7 +245,6 @@ class Dashboard:
         start = time.monotonic()
         period = 1.0 / self.hz
         stop = threading.Event()
-        self._fetch()  # the first figures before the first draw
         fetcher = threading.Thread(target=self._fetch_loop, args=(stop,), name="traceinfer-top-fetch", daemon=True)
         fetcher.start()
         with Keys() as keys, Live(console=console, auto_refresh=False, screen=console.is_terminal,
@@ -275,9 +274,11 @@ class Dashboard:
         """Fetch on a thread of its own at the refresh rate: a slow or silent endpoint (each try waits up to
         its timeout) never slows the redraws or the keys."""
         period = 1.0 / self.hz
-        while not stop.wait(period):
+        while True:
             if not self.paused:
                 self._fetch()
+            if stop.wait(period):
+                return
 
     def _fetch(self) -> None:
         try:
