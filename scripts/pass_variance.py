@@ -29,7 +29,7 @@ from traceinfer.probes import attach
 from traceinfer.rundir.reader import open_run
 from traceinfer.rundir.schema import STAGES
 
-COLUMNS = ("cpu", "MHz", "tok/s", "wall s", *(f"{s} s" for s in STAGES), "between s", "gpu s", "graph gpu s", "gap s", "graph gap s", "max step ms",
+COLUMNS = ("cpu", "tok/s", "wall s", *(f"{s} s" for s in STAGES), "between s", "gpu s", "graph gpu s", "gap s", "graph gap s", "max step ms",
            "ivcsw", "vcsw", "cpu s", "minflt", "held %")  # fmt: skip
 
 
@@ -45,7 +45,7 @@ def one_pass(llm, workload, probes: str, counters: GpuCounters) -> dict:
             session.close()
         steps = open_run(path).frame("steps")
     cpu = psutil.Process().cpu_num()
-    row = {"cpu": cpu, "MHz": psutil.cpu_freq(percpu=True)[cpu].current, "tok/s": result.output_tok_s, "wall s": result.seconds}
+    row = {"cpu": cpu, "tok/s": result.output_tok_s, "wall s": result.seconds}
     for stage in STAGES:
         row[f"{stage} s"] = steps[f"{stage}_ns"].sum() / 1e9
     row["between s"] = result.seconds - steps["dur_ns"].sum() / 1e9
@@ -81,14 +81,18 @@ def main() -> None:
     counters = GpuCounters(llm.engine.device)
     rows = []
     t0 = time.perf_counter()
+    print("  ".join(f"{c:>11}" for c in ("pass", *COLUMNS)), flush=True)
     for i in range(args.passes):
         rows.append(one_pass(llm, wl, args.probes, counters))
-        print(f"pass {i}: {rows[-1]['tok/s']:,.1f} tok/s at {time.perf_counter() - t0:.0f} s", flush=True)
+        print(_line(i, rows[-1]), f" at {time.perf_counter() - t0:.0f} s", flush=True)
     counters.close()
-    print("  ".join(f"{c:>11}" for c in ("pass", *COLUMNS)))
-    for i, row in enumerate(sorted(rows, key=lambda r: r["tok/s"])):
-        print("  ".join(f"{v:>11,.3f}" if isinstance(v, float) else f"{v:>11,}" for v in (rows.index(row), *row.values())))
+    print("slowest first:")
+    for row in sorted(rows, key=lambda r: r["tok/s"]):
+        print(_line(rows.index(row), row))
 
+
+def _line(i: int, row: dict) -> str:
+    return "  ".join(f"{v:>11,.3f}" if isinstance(v, float) else f"{v:>11,}" for v in (i, *row.values()))
 
 if __name__ == "__main__":
     main()
