@@ -91,12 +91,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     flops = args.matmul_tflops * 1e12 if args.matmul_tflops else dev.measure_matmul(device, dtype)
     dev.release_memory(device)
 
-    counters = GpuCounters(device)  # the HF pass's; probed_passes reads its own around each of ours
+    counters = GpuCounters(device)  # read around each pass, ours and HF's
     llm = LLM(config=engine_config)
     dev.freeze_gc()
     engine = llm.engine
     warm_up(llm, workload, full=len(probe_sets) * args.repeat > 1)
-    passes = probed_passes(llm, workload, probe_sets, args.repeat, config.probes)  # [probes] settings apply
+    passes = probed_passes(llm, workload, probe_sets, args.repeat, config.probes, counters)  # [probes] settings apply
     medians = {spec_name: median_pass(results) for spec_name, results in passes.items()}
     ours = medians[probe_sets[0]]
     cost = ModelCost.from_shapes(engine.model.shapes())

@@ -204,15 +204,18 @@ def timed_pass(llm, workload: Workload, count_steps: bool = False) -> PassResult
 
 
 def probed_passes(
-    llm, workload: Workload, probe_sets: Sequence[str], repeat: int = 1, options: ProbesConfig | None = None
+    llm, workload: Workload, probe_sets: Sequence[str], repeat: int = 1, options: ProbesConfig | None = None,
+    counters: GpuCounters | None = None,
 ) -> dict[str, list[PassResult]]:
     """One timed pass (an offline batch) per probe set, ``repeat`` rounds, each round in rotated order (so
     no set always runs first or after the same one); each pass writes a temporary run directory, so writing
     is part of the cost. ``options``: the probes' settings (rates, ...). Returns set -> its passes, in the
-    order they ran; each pass's ``details["gpu"]`` holds the GPU's counters over it (passes.gpu_counters)."""
+    order they ran; each pass's ``details["gpu"]`` holds the GPU's counters over it (passes.gpu_counters),
+    read through ``counters`` (the caller's, left open) or counters of its own."""
     order = [probe_sets[(i + r) % len(probe_sets)] for r in range(repeat) for i in range(len(probe_sets))]
     passes: dict[str, list[PassResult]] = {spec: [] for spec in probe_sets}
-    counters = GpuCounters(llm.engine.device)
+    own = counters is None
+    counters = GpuCounters(llm.engine.device) if own else counters
     try:
         for spec in order:
             llm.engine.block_manager.reset_prefix_cache()
@@ -226,7 +229,8 @@ def probed_passes(
             result.details["probes"] = spec
             passes[spec].append(result)
     finally:
-        counters.close()
+        if own:
+            counters.close()
     return passes
 
 
