@@ -1,12 +1,13 @@
 """Why some bench passes are slower than others: each pass with the step trace on, its host time by stage,
 its GPU time and idle, and what the OS says about the engine's process over it (GPU).
 
-    python scripts/pass_variance.py [--passes 12] [--probes steps]
+    python scripts/pass_variance.py [--passes 12] [--probes steps] [--pin CPU] [--model M --num-requests N]
 
 Builds the bench's engine (synthetic:qwen3-0.6b), warms it up as bench does, then runs ``--passes`` timed
 passes of the bench workload, each with the probe set ``--probes`` writing a run directory. Per pass it
 prints the throughput and where the wall time went: the steps' host stages, the time between steps, the
-forwards' GPU time and the GPU idle gaps before them (CUDA events), the slowest step, the process's
+forwards' GPU time and the GPU idle gaps before them (CUDA events; all steps, and the decode-only steps
+that replay a graph), the slowest step, the core the process was on at the end, the process's
 context switches (voluntary, involuntary), CPU time and page faults (getrusage), and the share of the pass
 the GPU's clocks were held back (NVML). A slow pass whose extra time sits in one column names the cause."""
 
@@ -29,7 +30,7 @@ from traceinfer.probes import attach
 from traceinfer.rundir.reader import open_run
 from traceinfer.rundir.schema import STAGES
 
-COLUMNS = ("cpu", "tok/s", "wall s", *(f"{s} s" for s in STAGES), "between s", "gpu s", "graph gpu s", "gap s", "graph gap s", "max step ms",
+COLUMNS = ("core", "tok/s", "wall s", *(f"{s} s" for s in STAGES), "between s", "gpu s", "graph gpu s", "gap s", "graph gap s", "max step ms",
            "ivcsw", "vcsw", "cpu s", "minflt", "held %")  # fmt: skip
 
 
@@ -45,7 +46,7 @@ def one_pass(llm, workload, probes: str, counters: GpuCounters) -> dict:
             session.close()
         steps = open_run(path).frame("steps")
     cpu = psutil.Process().cpu_num()
-    row = {"cpu": cpu, "tok/s": result.output_tok_s, "wall s": result.seconds}
+    row = {"core": cpu, "tok/s": result.output_tok_s, "wall s": result.seconds}
     for stage in STAGES:
         row[f"{stage} s"] = steps[f"{stage}_ns"].sum() / 1e9
     row["between s"] = result.seconds - steps["dur_ns"].sum() / 1e9
