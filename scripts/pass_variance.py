@@ -30,7 +30,7 @@ from traceinfer.probes import attach
 from traceinfer.rundir.reader import open_run
 from traceinfer.rundir.schema import STAGES
 
-COLUMNS = ("core", "tok/s", "wall s", *(f"{s} s" for s in STAGES), "between s", "gpu s", "graph gpu s", "gap s", "graph gap s", "max step ms",
+COLUMNS = ("core", "tok/s", "wall s", *(f"{s} s" for s in STAGES), "between s", "gpu s", "graph gpu s", "gap s", "graph gap s", "eager prepare s", "eager forward s", "max step ms",
            "ivcsw", "vcsw", "cpu s", "minflt", "held %")  # fmt: skip
 
 
@@ -55,6 +55,8 @@ def one_pass(llm, workload, probes: str, counters: GpuCounters) -> dict:
     row["graph gpu s"] = steps.loc[graph, "gpu_forward_ns"].sum() / 1e9
     row["gap s"] = steps["gpu_gap_ns"].sum() / 1e9
     row["graph gap s"] = steps.loc[graph, "gpu_gap_ns"].sum() / 1e9
+    row["eager prepare s"] = steps.loc[~graph, "prepare_ns"].sum() / 1e9  # host time of the eager steps: set
+    row["eager forward s"] = steps.loc[~graph, "forward_ns"].sum() / 1e9  # against their GPU time (gpu - graph)
     row["max step ms"] = steps["dur_ns"].max() / 1e6
     row["ivcsw"] = ru1.ru_nivcsw - ru0.ru_nivcsw
     row["vcsw"] = ru1.ru_nvcsw - ru0.ru_nvcsw
