@@ -2,6 +2,7 @@
 
     python scripts/engine_ab.py kv-store [--rounds 4]       the RoPE kernel stores K/V, or the backend does
     python scripts/engine_ab.py decode-order [--rounds 4]   decode attention longest context first, or row order
+    python scripts/engine_ab.py splitk [--rounds 4]         decode batches' projections on engine/splitk, or cuBLAS
 
 Two engines side by side (synthetic:qwen3-0.6b, the bench's defaults but KV_BLOCKS blocks each, enough for the
 bench without preemption), each built, its CUDA graphs captured and warmed up with its setting; then passes
@@ -21,6 +22,7 @@ from traceinfer.passes.engine import timed_pass, warm_up
 SWITCHES = {  # name -> (module, its constant)
     "kv-store": ("traceinfer.engine.models.common", "FUSE_KV_STORE"),
     "decode-order": ("traceinfer.engine.model_runner", "DECODE_LONGEST_FIRST"),
+    "splitk": ("traceinfer.engine.splitk", "ENABLED"),
 }
 KV_BLOCKS = 24_000  # 44 GB each at Qwen3-0.6B's 1.8 MB a block; the bench holds at most ~17,300 blocks
 

@@ -6,6 +6,9 @@ batch-1 decode.
                                             without it (cuBLAS), interleaved, several rounds in one process
     python scripts/gemv_bench.py --rows     (GPU) cuBLAS alone at the decode graphs' batch sizes (16-256 rows):
                                             time, and the share of the bytes / flops floor it reaches
+    python scripts/gemv_bench.py --splitk   (GPU) engine/splitk's configs swept at 16, 64 and 256 rows against
+                                            cuBLAS, each best checked in bf16 against F.linear and for
+                                            the same bits run after run
 
 Kernel times are do_bench_cudagraph medians (launch cost out, weights not in L2: each matrix is larger than
 the 60 MB L2 only together, so a replay of one kernel finds its weights in L2; the figures are an upper
@@ -109,9 +112,50 @@ def rows(copy_tb_s: float = 4.2, matmul_tflop_s: float = 780.0) -> None:
         print(f"m {m:3d}: the four projections {us:6.2f}us a layer, {28 * us / 1e3:.3f} ms a step (28 layers)")
 
 
+def splitk_sweep(copy_tb_s: float = 4.2) -> None:
+    """engine/splitk against cuBLAS: every config of a small grid per projection and row count; the best,
+    its error against F.linear (bf16; relative to the output's largest value) and its determinism."""
+    import itertools
+
+    from traceinfer.engine import splitk
+
+    dev = torch.device("cuda")
+    copies = 8
+    grid = [splitk.Config(bm, bn, bk, sp, 4, 3)
+            for bm, bn, bk, sp in itertools.product((16, 64), (32, 64, 128), (128, 256), (1, 2, 4, 8))]  # fmt: skip
+    for m in (16, 64, 256):
+        for name, (n, k) in SHAPES.items():
+            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            ws = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k**0.5 for _ in range(copies)]
+            cublas = triton.testing.do_bench_cudagraph(lambda: [F.linear(x, w) for w in ws], rep=20) * 1e3 / copies
+            timed = []
+            for cfg in grid:
+                if cfg.block_m > max(16, m):
+                    continue
+                try:
+                    us = triton.testing.do_bench_cudagraph(lambda c=cfg: [splitk.linear(x, w, None, c) for w in ws],
+                                                           rep=20) * 1e3 / copies  # fmt: skip
+                except Exception as exc:  # a config the compiler refuses (shared memory): skipped, said
+                    print(f"  {cfg}: {type(exc).__name__}", flush=True)
+                    continue
+                timed.append((us, cfg))
+            us, best = min(timed, key=lambda t: t[0])
+            default = next(t for t, c in timed if c == splitk.Config())
+            want = F.linear(x, ws[0]).float()
+            got = [splitk.linear(x, ws[0], None, best) for _ in range(3)]
+            err = ((got[0].float() - want).abs().max() / want.abs().max()).item()
+            same = all(torch.equal(g, got[0]) for g in got)
+            floor_us = (n * k + m * k + m * n) * 2 / copy_tb_s / 1e6
+            print(f"m {m:3d} {name:8s} cublas {cublas:6.2f}us  splitk best {us:6.2f}us ({cublas / us:4.2f}x, "
+                  f"{floor_us / us:5.1%} of floor) default {default:6.2f}us  rel err {err:.1e} same bits {same}  {best}",
+                  flush=True)  # fmt: skip
+
+
 if __name__ == "__main__":
     if "--engine" in sys.argv:
         engine()
+    elif "--splitk" in sys.argv:
+        splitk_sweep()
     elif "--rows" in sys.argv:
         rows()
     else:

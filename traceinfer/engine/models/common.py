@@ -46,14 +46,17 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 class Linear(nn.Linear):
     """nn.Linear; on CUDA in 16 bits, one row through a layer of few outputs (o_proj, down_proj in a decode
-    step at batch 1) goes to engine/gemv's kernel, which streams such weights faster than cuBLAS's tiles do."""
+    step at batch 1) goes to engine/gemv's kernel, which streams such weights faster than cuBLAS's tiles do;
+    a decode batch of 9-256 rows to engine/splitk's, once it is enabled (splitk.ENABLED, off until measured)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
-            from traceinfer.engine import gemv
+            from traceinfer.engine import gemv, splitk
 
             if gemv.takes(x, self.out_features):
                 return gemv.linear(x, self.weight, self.bias)
+            if splitk.takes(x, self.out_features):
+                return splitk.linear(x, self.weight, self.bias)
         return super().forward(x)
 
 

@@ -1,0 +1,58 @@
+"""engine/splitk: the split-K decode-batch linear layer's Triton kernel against F.linear, on CPU under
+TRITON_INTERPRET=1 (float32). Its bf16 checks and timings against cuBLAS are for the GPU (scripts/gemv_bench.py
+--rows); it stays off (splitk.ENABLED) until they are made."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def interpreted_kernel_checks() -> None:
+    """Run with TRITON_INTERPRET=1 set before triton is imported (test_splitk_interpreted does)."""
+    import torch.nn.functional as F
+
+    from traceinfer.engine import splitk
+    from traceinfer.engine.splitk import Config
+
+    g = torch.Generator().manual_seed(0)
+    cases = ((16, 64, 256, False), (19, 70, 300, True), (40, 128, 128, True), (33, 96, 520, False))
+    configs = (Config(), Config(splits=1), Config(block_m=32, block_n=32, block_k=64, splits=3), Config(splits=8, block_k=32))
+    for m, n, k, bias in cases:
+        x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+        b = torch.randn(n, generator=g) if bias else None
+        want = F.linear(x, w, b)
+        for cfg in configs:
+            y = splitk.linear(x, w, b, cfg)
+            assert y.shape == (m, n) and y.dtype == x.dtype
+            torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-3)
+            # the same bits again: the counters were left at zero and the partials are summed in slice order
+            assert torch.equal(splitk.linear(x, w, b, cfg), y)
+        assert not splitk._counters(x.device).any()
+        # a row's output does not depend on the rows beside it (CUDA graphs pad the batch)
+        assert torch.equal(splitk.linear(x[:9], w, b), splitk.linear(x, w, b)[:9])
+    with pytest.raises(ValueError, match="unit stride"):
+        splitk.linear(torch.randn(16, 64), torch.randn(64, 24).t())
+
+
+def test_splitk_interpreted():
+    """In a fresh process: triton reads TRITON_INTERPRET when the kernels are defined."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    code = "import tests.test_splitk as t; t.interpreted_kernel_checks()"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_splitk_is_off_and_never_takes_cpu_tensors():
+    from traceinfer.engine import splitk
+
+    assert splitk.ENABLED is False
+    assert not splitk.takes(torch.randn(16, 64, dtype=torch.bfloat16), 1024)
