@@ -8,8 +8,9 @@ passes of the bench workload, each with the probe set ``--probes`` writing a run
 prints the throughput and where the wall time went: the steps' host stages, the time between steps, the
 forwards' GPU time and the GPU idle gaps before them (CUDA events; all steps, and the decode-only steps
 that replay a graph), the slowest step, the core the process was on at the end, the process's
-context switches (voluntary, involuntary), CPU time and page faults (getrusage), and the share of the pass
-the GPU's clocks were held back (NVML). A slow pass whose extra time sits in one column names the cause."""
+context switches (voluntary, involuntary), CPU time and page faults (getrusage), the share of the pass
+the GPU's clocks were held back (NVML), and the caching allocator's calls to the driver (cudaMalloc, cudaFree,
+retries after a failed allocation: torch.cuda.memory_stats). A slow pass whose extra time sits in one column names the cause."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from traceinfer.rundir.reader import open_run
 from traceinfer.rundir.schema import STAGES
 
 COLUMNS = ("core", "tok/s", "wall s", *(f"{s} s" for s in STAGES), "between s", "gpu s", "graph gpu s", "gap s", "graph gap s", "eager prepare s", "eager forward s", "max step ms",
-           "ivcsw", "vcsw", "cpu s", "minflt", "held %")  # fmt: skip
+           "ivcsw", "vcsw", "cpu s", "minflt", "held %", "cudaMalloc", "cudaFree", "alloc retries")  # fmt: skip
 
 
 def one_pass(llm, workload, probes: str, counters: GpuCounters) -> dict:
@@ -39,9 +40,10 @@ def one_pass(llm, workload, probes: str, counters: GpuCounters) -> dict:
     with tempfile.TemporaryDirectory(prefix="traceinfer-variance-") as path:
         session = attach(llm.engine, probes, path)
         try:
-            before, ru0 = counters.read(), resource.getrusage(resource.RUSAGE_SELF)
+            before, ru0, mem0 = counters.read(), resource.getrusage(resource.RUSAGE_SELF), _allocator(llm)
             result = timed_pass(llm, workload)
             ru1, gpu = resource.getrusage(resource.RUSAGE_SELF), between(before, counters.read(), result.output_tokens)
+            mem1 = _allocator(llm)
         finally:
             session.close()
         steps = open_run(path).frame("steps")
@@ -64,7 +66,17 @@ def one_pass(llm, workload, probes: str, counters: GpuCounters) -> dict:
     row["minflt"] = ru1.ru_minflt - ru0.ru_minflt
     held = (gpu or {}).get("limited_share", {}).get("any")
     row["held %"] = 100 * held if held is not None else float("nan")
+    # the caching allocator going to the driver mid-pass (a cudaFree waits for the whole device)
+    for col, key in (("cudaMalloc", "num_device_alloc"), ("cudaFree", "num_device_free"), ("alloc retries", "num_alloc_retries")):
+        row[col] = mem1.get(key, 0) - mem0.get(key, 0)
     return row
+
+
+def _allocator(llm) -> dict:
+    import torch
+
+    device = llm.engine.device
+    return torch.cuda.memory_stats(device) if device.type == "cuda" else {}
 
 
 def main() -> None:
