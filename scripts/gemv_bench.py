@@ -123,6 +123,7 @@ def splitk_sweep(copy_tb_s: float = 4.2) -> None:
     copies = 8
     grid = [splitk.Config(bm, bn, bk, sp, 4, 3)
             for bm, bn, bk, sp in itertools.product((16, 64), (32, 64, 128), (128, 256), (1, 2, 4, 8))]  # fmt: skip
+    tuned: dict[tuple[int, int], list] = {}
     for m in (16, 64, 256):
         for name, (n, k) in SHAPES.items():
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
@@ -149,6 +150,10 @@ def splitk_sweep(copy_tb_s: float = 4.2) -> None:
             print(f"m {m:3d} {name:8s} cublas {cublas:6.2f}us  splitk best {us:6.2f}us ({cublas / us:4.2f}x, "
                   f"{floor_us / us:5.1%} of floor) default {default:6.2f}us  rel err {err:.1e} same bits {same}  {best}",
                   flush=True)  # fmt: skip
+            if us < cublas:
+                tuned.setdefault((n, k), []).append((m, best))
+    print("splitk.TUNED for the shapes and row counts where it beat cuBLAS (rows up to the next count measured):")
+    print(tuned)
 
 
 if __name__ == "__main__":

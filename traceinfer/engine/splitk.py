@@ -37,6 +37,19 @@ class Config:
     num_stages: int = 3
 
 
+# (N, K) -> [(most rows, config), ...] ascending: the best of scripts/gemv_bench.py --splitk for each weight
+# shape; a shape or a row count not listed gets Config(). Empty until the H200 sweep fills it.
+TUNED: dict[tuple[int, int], list[tuple[int, Config]]] = {}
+
+
+def config_for(m: int, n: int, k: int) -> Config:
+    """The tuned config for m rows times an [n, k] weight: the first entry of its shape that holds m rows."""
+    for most_rows, cfg in TUNED.get((n, k), ()):
+        if m <= most_rows:
+            return cfg
+    return Config()
+
+
 @triton.jit
 def _finish(total, b_ptr, y_ptr, m, n, stride_ym, out_mask, n_ok, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
@@ -105,10 +118,11 @@ def takes(x: torch.Tensor, features: int) -> bool:
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, cfg: Config | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias) for x [M, K] and weight [N, K], both with unit stride along K."""
-    cfg = cfg or Config()
+    """F.linear(x, weight, bias) for x [M, K] and weight [N, K], both with unit stride along K; ``cfg`` in
+    place of ``config_for``'s (a sweep)."""
     m, k = x.shape
     n = weight.shape[0]
+    cfg = cfg or config_for(m, n, k)
     if weight.shape[1] != k or x.stride(1) != 1 or weight.stride(1) != 1:
         raise ValueError(
             f"splitk takes x [M, K] and weight [N, K] with unit stride along K; got {tuple(x.shape)} and {tuple(weight.shape)}"
