@@ -63,6 +63,8 @@ def test_the_model_with_splitk_scores_as_it_does_with_cublas(monkeypatch):
     from traceinfer import LLM
     from traceinfer.engine import splitk
 
+    monkeypatch.setattr(splitk, "TUNED", {shape: [(256, splitk.Config())] for shape in SHAPES})
+
     llm = LLM("synthetic:qwen3-0.6b", num_kv_blocks=256, dtype="bfloat16")
     prompt = [(37 * j) % 5000 + 1 for j in range(64)]
     logits = {}

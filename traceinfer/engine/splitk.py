@@ -10,8 +10,8 @@ atomic count per tile) sums the partials in slice order and writes the output. T
 the result does not depend on which program came last: the same inputs give the same bits, run after run.
 A row's output does not depend on the rows beside it (CUDA graphs pad the batch).
 
-``ENABLED`` stays False until the H200 measures it against cuBLAS (scripts/gemv_bench.py --rows) and in the
-engine (scripts/engine_ab.py splitk). Launch grids depend on shapes only: the op can be captured in a CUDA
+``ENABLED`` stays False until the H200 measures it against cuBLAS (scripts/gemv_bench.py --splitk fills
+``TUNED``, the shapes and row counts where it wins) and in the engine (scripts/engine_ab.py splitk). Launch grids depend on shapes only: the op can be captured in a CUDA
 graph. Set TRITON_INTERPRET=1 to run it on CPU tensors (float32).
 """
 
@@ -38,16 +38,17 @@ class Config:
 
 
 # (N, K) -> [(most rows, config), ...] ascending: the best of scripts/gemv_bench.py --splitk for each weight
-# shape; a shape or a row count not listed gets Config(). Empty until the H200 sweep fills it.
+# shape and row count where it beat cuBLAS; the model's layers use the kernel only there. Empty until the
+# H200 sweep fills it.
 TUNED: dict[tuple[int, int], list[tuple[int, Config]]] = {}
 
 
-def config_for(m: int, n: int, k: int) -> Config:
+def config_for(m: int, n: int, k: int) -> Config | None:
     """The tuned config for m rows times an [n, k] weight: the first entry of its shape that holds m rows."""
     for most_rows, cfg in TUNED.get((n, k), ()):
         if m <= most_rows:
             return cfg
-    return Config()
+    return None
 
 
 @triton.jit
@@ -110,10 +111,10 @@ def _counters(device: torch.device) -> torch.Tensor:
 
 def takes(x: torch.Tensor, features: int) -> bool:
     """Whether a linear layer runs here on x rather than on cuBLAS: enabled, x [M, K] on CUDA in 16 bits with
-    unit stride along K and MIN_ROWS <= M <= MAX_ROWS."""
+    unit stride along K, MIN_ROWS <= M <= MAX_ROWS, and a tuned config for M rows of this weight shape."""
     return (
         ENABLED and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2 and x.stride(1) == 1
-        and MIN_ROWS <= x.shape[0] <= MAX_ROWS
+        and MIN_ROWS <= x.shape[0] <= MAX_ROWS and config_for(x.shape[0], features, x.shape[1]) is not None
     )  # fmt: skip
 
 
@@ -122,7 +123,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     place of ``config_for``'s (a sweep)."""
     m, k = x.shape
     n = weight.shape[0]
-    cfg = cfg or config_for(m, n, k)
+    cfg = cfg or config_for(m, n, k) or Config()
     if weight.shape[1] != k or x.stride(1) != 1 or weight.stride(1) != 1:
         raise ValueError(
             f"splitk takes x [M, K] and weight [N, K] with unit stride along K; got {tuple(x.shape)} and {tuple(weight.shape)}"
