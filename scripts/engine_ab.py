@@ -3,6 +3,7 @@
     python scripts/engine_ab.py kv-store [--rounds 4]       the RoPE kernel stores K/V, or the backend does
     python scripts/engine_ab.py decode-order [--rounds 4]   decode attention longest context first, or row order
     python scripts/engine_ab.py splitk [--rounds 4]         decode batches' projections on engine/splitk, or cuBLAS
+    python scripts/engine_ab.py piecewise [--rounds 4]      eager steps through piecewise CUDA graphs, or launched op by op
 
 Two engines side by side (synthetic:qwen3-0.6b, the bench's defaults but KV_BLOCKS blocks each, enough for the
 bench without preemption), each built, its CUDA graphs captured and warmed up with its setting; then passes
@@ -23,6 +24,7 @@ SWITCHES = {  # name -> (module, its constant)
     "kv-store": ("traceinfer.engine.models.common", "FUSE_KV_STORE"),
     "decode-order": ("traceinfer.engine.model_runner", "DECODE_LONGEST_FIRST"),
     "splitk": ("traceinfer.engine.splitk", "ENABLED"),
+    "piecewise": ("traceinfer.engine.model_runner", "PIECEWISE"),
 }
 KV_BLOCKS = 24_000  # 44 GB each at Qwen3-0.6B's 1.8 MB a block; the bench holds at most ~17,300 blocks
 
@@ -34,6 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     module, name = SWITCHES[args.switch]
     mod = importlib.import_module(module)
+    default = getattr(mod, name)
     wl = workloads.make(WorkloadConfig(name="bench"), True)
     engines = {}
     for on in (True, False):
@@ -52,7 +55,7 @@ def main() -> None:
             result = timed_pass(llm, wl)
             rates[on].append(result.output_tok_s)
             print(f"round {r} {name}={on!s:5}  {result.output_tok_s:9.1f} tok/s  {result.seconds:.3f} s", flush=True)
-    setattr(mod, name, True)
+    setattr(mod, name, default)
     for on, xs in rates.items():
         print(f"{name}={on!s:5} median {statistics.median(xs):9.1f} tok/s  range {min(xs):.1f}..{max(xs):.1f}")
     print(f"on / off per round: {[round(a / b, 4) for a, b in zip(rates[True], rates[False])]}")

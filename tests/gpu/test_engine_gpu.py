@@ -51,6 +51,24 @@ def test_fp32_greedy_on_gpu_matches_hf(arch, variant, eager, hf_checkpoint, refe
     assert (stats.graph_steps > 0) == (not eager)
 
 
+@pytest.mark.parametrize("variant", ["default", "chunked"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fp32_greedy_with_piecewise_graphs_matches_hf(arch, variant, hf_checkpoint, reference, prompts, monkeypatch):
+    """Eager steps through engine/piecewise's graphs (attention between them, padded token counts)."""
+    from traceinfer.engine import model_runner
+
+    monkeypatch.setattr(model_runner, "PIECEWISE", True)
+    path, _ = hf_checkpoint(arch)
+    options = dict(VARIANTS[variant], device="cuda", dtype="float32", attention_backend="triton")
+    llm = LLM(str(path), max_num_seqs=8, **options)
+    outs = llm.generate(prompts, GREEDY)
+    stats, sizes = llm.engine.runner.stats, llm.engine.runner.piecewise_sizes
+    del llm
+    release_gpu_memory()
+    assert [o.token_ids for o in outs] == reference(arch)
+    assert stats.piecewise_steps > 0 and stats.graph_steps > 0 and sizes
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_prefill_logits_on_gpu_match_hf(backend, hf_checkpoint, prompts):
     path, model = hf_checkpoint("qwen3")

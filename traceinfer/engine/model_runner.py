@@ -24,6 +24,7 @@ from traceinfer.engine.attention import AttentionMetadata
 from traceinfer.engine.device import to_device
 from traceinfer.engine.hooks import Hooks
 from traceinfer.engine.models import CausalLM
+from traceinfer.engine.piecewise import PiecewiseForward, piecewise_sizes
 from traceinfer.engine.sampler import draw_seed, sample
 from traceinfer.engine.sampling_params import SamplingParams
 from traceinfer.engine.scheduler import ScheduledSeq, SchedulerOutput
@@ -36,6 +37,11 @@ from traceinfer.errors import ConfigError
 # 2026-12-01): 3.726 s of decode kernel in row order, 3.519 s longest first (92.1% -> 97.5% of 4.2 TB/s).
 DECODE_LONGEST_FIRST = True
 
+# Eager steps (prefill, mixed) replay piecewise CUDA graphs (engine/piecewise) at padded token counts, with
+# attention run between them. Off until measured on the H200 (scripts/engine_ab.py piecewise); read when
+# the graphs are captured. Needs the Triton attention backend and the K/V store in the RoPE kernel.
+PIECEWISE = False
+
 
 @dataclass
 class RunnerStats:
@@ -43,6 +49,7 @@ class RunnerStats:
 
     graph_steps: int = 0
     eager_decode_steps: int = 0  # decode-only steps that could not use a graph
+    piecewise_steps: int = 0  # eager steps that replayed piecewise graphs (engine/piecewise)
     graph_replays: dict[int, int] = field(default_factory=dict)  # graph batch size -> replays
 
 
@@ -143,8 +150,12 @@ class ModelRunner:
         self._bind_kv_cache(self.kv_cache)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.graph_sizes: list[int] = []  # the keys of graphs, ascending
+        self.piecewise: dict[int, PiecewiseForward] = {}  # padded token count -> its pieces
+        self.piecewise_sizes: list[int] = []  # the keys of piecewise, ascending
         if use_cuda_graphs and device.type == "cuda":
             self.capture_cuda_graphs()
+            if PIECEWISE and getattr(self.model.model.layers[0].self_attn.backend, "name", None) == "triton":
+                self.capture_piecewise_graphs()
 
     # -- KV cache --------------------------------------------------------------------------
     def kv_bytes_per_block(self) -> int:
@@ -309,6 +320,16 @@ class ModelRunner:
         self.graph_sizes = sorted(self.graphs)
         torch.cuda.synchronize(dev)
 
+    @torch.inference_mode()
+    def capture_piecewise_graphs(self) -> None:
+        """Piecewise graphs of the eager forward at each of piecewise_sizes, largest first, in one pool."""
+        pool = None
+        for t in reversed(piecewise_sizes(self.max_num_batched_tokens)):
+            self.piecewise[t] = forward = PiecewiseForward(self.model, t, pool)
+            pool = forward.pool
+        self.piecewise_sizes = sorted(self.piecewise)
+        torch.cuda.synchronize(self.device)
+
     def _graph_meta(self, b: int) -> AttentionMetadata:
         return AttentionMetadata(
             slot_mapping=self.g_slots[:b],
@@ -406,8 +427,13 @@ class ModelRunner:
             input_ids, positions, meta, rows, placeholders = self.prepare(out)
             if placeholders:
                 input_ids = fill_placeholders(input_ids, self._placeholder_source(prev_tokens))
+        pieces = self.piecewise.get(fitting_graph(self.piecewise_sizes, len(input_ids))) if self.piecewise else None
         with hooks.forward.span(num_tokens=len(input_ids), num_decode_seqs=out.num_decode_seqs, cuda_graph=False):
-            hidden = self.model(input_ids, positions, meta)
+            if pieces is not None:
+                self.stats.piecewise_steps += 1
+                hidden = pieces.run(input_ids, positions, meta)
+            else:
+                hidden = self.model(input_ids, positions, meta)
             if not all_rows:
                 # rows through pinned memory: indexing with the list itself copies it from pageable memory,
                 # which waits for the whole forward (mixed steps' host time was their GPU time on the H200)

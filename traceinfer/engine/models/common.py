@@ -158,9 +158,10 @@ class Attention(nn.Module):
         self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, Hkv, D], bound by the runner
         self.v_cache: torch.Tensor | None = None
 
-    def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, rotary: RotaryEmbedding, meta: AttentionMetadata
-    ) -> torch.Tensor:
+    def project(
+        self, positions: torch.Tensor, x: torch.Tensor, rotary: RotaryEmbedding, slot_mapping: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """x [T, H] -> q, k, v [T, heads, D] normed and rotated, and whether k, v are in the cache already."""
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
@@ -170,10 +171,19 @@ class Attention(nn.Module):
         if x.is_cuda and FUSE_KV_STORE:  # the RoPE kernel also stores the step's K/V: a kernel a layer fewer
             from traceinfer.engine import fused_ops
 
-            store = fused_ops.KVStore(v, self.k_cache, self.v_cache, meta.slot_mapping)
+            store = fused_ops.KVStore(v, self.k_cache, self.v_cache, slot_mapping)
         q, k = rotary(positions, q, k, *norms, kv_store=store)
-        o = self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale, kv_stored=store is not None)
-        return self.o_proj(o.flatten(1))
+        return q, k, v, store is not None
+
+    def attend(self, q, k, v, meta: AttentionMetadata, stored: bool) -> torch.Tensor:
+        """-> the attention output [T, Hq * D] (k, v unused when ``stored``)."""
+        return self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale, kv_stored=stored).flatten(1)
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, rotary: RotaryEmbedding, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        q, k, v, stored = self.project(positions, x, rotary, meta.slot_mapping)
+        return self.o_proj(self.attend(q, k, v, meta, stored))
 
 
 class MLP(nn.Module):
@@ -210,9 +220,18 @@ class DecoderLayer(nn.Module):
         The stream is summed lazily, inside the next norm, so that the add fuses into it on CUDA; the
         sums are the same as ``x = x + attn(norm(x)); x = x + mlp(norm(x))``, addition being commutative.
         """
+        q, k, v, stored, residual = self.before_attention(positions, x, residual, rotary, meta.slot_mapping)
+        return self.after_attention(self.self_attn.attend(q, k, v, meta, stored), residual)
+
+    # the layer in two halves around its attention (engine/piecewise captures the halves as CUDA graphs)
+    def before_attention(self, positions, x, residual, rotary, slot_mapping):
+        """-> q, k, v, whether k and v are stored, and the residual stream."""
         x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(positions, x, rotary, meta)
-        x, residual = self.post_attention_layernorm(x, residual)
+        return *self.self_attn.project(positions, x, rotary, slot_mapping), residual
+
+    def after_attention(self, o: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """o: the attention output [T, Hq * D] -> (this layer's MLP output, the stream before it)."""
+        x, residual = self.post_attention_layernorm(self.self_attn.o_proj(o), residual)
         return self.mlp(x), residual
 
 
