@@ -1,6 +1,6 @@
 """engine/splitk: the split-K decode-batch linear layer's Triton kernel against F.linear, on CPU under
 TRITON_INTERPRET=1 (float32). Its bf16 checks and timings against cuBLAS are for the GPU (scripts/gemv_bench.py
---rows); it stays off (splitk.ENABLED) until they are made."""
+--splitk); the layers leave it off (models.common.SPLITK) until they are made."""
 
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ def test_config_for_takes_the_first_tuned_entry_that_holds_the_rows(monkeypatch)
 
 def test_splitk_is_off_and_never_takes_cpu_tensors():
     from traceinfer.engine import splitk
+    from traceinfer.engine.models.common import SPLITK, Linear
 
-    assert splitk.ENABLED is False
+    assert SPLITK is False and Linear(64, 32).splitk is False
     assert not splitk.takes(torch.randn(16, 64, dtype=torch.bfloat16), 1024)

@@ -53,13 +53,10 @@ def test_fp32_greedy_on_gpu_matches_hf(arch, variant, eager, hf_checkpoint, refe
 
 @pytest.mark.parametrize("variant", ["default", "chunked"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_fp32_greedy_with_piecewise_graphs_matches_hf(arch, variant, hf_checkpoint, reference, prompts, monkeypatch):
+def test_fp32_greedy_with_piecewise_graphs_matches_hf(arch, variant, hf_checkpoint, reference, prompts):
     """Eager steps through engine/piecewise's graphs (attention between them, padded token counts)."""
-    from traceinfer.engine import model_runner
-
-    monkeypatch.setattr(model_runner, "PIECEWISE", True)
     path, _ = hf_checkpoint(arch)
-    options = dict(VARIANTS[variant], device="cuda", dtype="float32", attention_backend="triton")
+    options = dict(VARIANTS[variant], device="cuda", dtype="float32", attention_backend="triton", piecewise_graphs=True)
     llm = LLM(str(path), max_num_seqs=8, **options)
     outs = llm.generate(prompts, GREEDY)
     stats, sizes = llm.engine.runner.stats, llm.engine.runner.piecewise_sizes

@@ -62,14 +62,17 @@ def test_the_model_with_splitk_scores_as_it_does_with_cublas(monkeypatch):
     logits agree within bf16's drift over 28 layers, and their argmax at nearly every position."""
     from traceinfer import LLM
     from traceinfer.engine import splitk
+    from traceinfer.engine.models.common import Linear
 
     monkeypatch.setattr(splitk, "TUNED", {shape: [(256, splitk.Config())] for shape in SHAPES})
 
     llm = LLM("synthetic:qwen3-0.6b", num_kv_blocks=256, dtype="bfloat16")
     prompt = [(37 * j) % 5000 + 1 for j in range(64)]
     logits = {}
+    linears = [m for m in llm.engine.runner.model.modules() if isinstance(m, Linear)]
     for enabled in (False, True):
-        monkeypatch.setattr(splitk, "ENABLED", enabled)
+        for layer in linears:
+            layer.splitk = enabled
         logits[enabled] = llm.engine.score(prompt)
     off, on = logits[False], logits[True]
     assert on.shape == off.shape == (64, off.shape[1])

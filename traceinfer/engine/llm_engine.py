@@ -85,6 +85,7 @@ class LLMEngine:
             gpu_memory_utilization=config.gpu_memory_utilization,
             # graphs need a backend that reads no host-side lengths; the torch reference loops on them
             use_cuda_graphs=not config.enforce_eager and backend.name != "torch",
+            piecewise_graphs=config.piecewise_graphs and backend.name == "triton",
             seed=config.seed,
         )
         self.async_scheduling = config.async_scheduling == "on" or (

@@ -35,12 +35,8 @@ from traceinfer.errors import ConfigError
 # and a wave ends when its longest program does; listing the longest first lets the short ones fill the tail.
 # On the H200, the bench's decode steps rebuilt from its lengths (scripts/decode_splits.py --bench-steps,
 # 2026-12-01): 3.726 s of decode kernel in row order, 3.519 s longest first (92.1% -> 97.5% of 4.2 TB/s).
+# The default of each runner's ``decode_longest_first``, read when the runner is built.
 DECODE_LONGEST_FIRST = True
-
-# Eager steps (prefill, mixed) replay piecewise CUDA graphs (engine/piecewise) at padded token counts, with
-# attention run between them. Off until measured on the H200 (scripts/engine_ab.py piecewise); read when
-# the graphs are captured. Needs the Triton attention backend and the K/V store in the RoPE kernel.
-PIECEWISE = False
 
 
 @dataclass
@@ -121,6 +117,7 @@ class ModelRunner:
         cpu_kv_cache_gib: float = 1.0,
         gpu_memory_utilization: float = 0.9,
         use_cuda_graphs: bool = False,
+        piecewise_graphs: bool = False,  # eager steps through engine/piecewise too (needs use_cuda_graphs)
         seed: int = 0,
     ) -> None:
         self.model = model
@@ -132,6 +129,7 @@ class ModelRunner:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.stats = RunnerStats()
+        self.decode_longest_first = DECODE_LONGEST_FIRST
         self._rng = torch.Generator().manual_seed(seed)  # the seeds of unseeded requests' sampling
         # sampled tokens come back through two pinned buffers in turn: at most two steps are in flight
         self._host_tokens = (
@@ -154,7 +152,7 @@ class ModelRunner:
         self.piecewise_sizes: list[int] = []  # the keys of piecewise, ascending
         if use_cuda_graphs and device.type == "cuda":
             self.capture_cuda_graphs()
-            if PIECEWISE and getattr(self.model.model.layers[0].self_attn.backend, "name", None) == "triton":
+            if piecewise_graphs:
                 self.capture_piecewise_graphs()
 
     # -- KV cache --------------------------------------------------------------------------
@@ -265,7 +263,7 @@ class ModelRunner:
         qsl = query_start_loc.tolist()
         sample_rows = [qsl[i + 1] - 1 for i, s in enumerate(scheduled) if s.samples]
         nd = out.num_decode_seqs
-        order = decode_order(ends[:nd]) if DECODE_LONGEST_FIRST and nd > 1 else None
+        order = decode_order(ends[:nd]) if self.decode_longest_first and nd > 1 else None
         meta = AttentionMetadata(
             slot_mapping=self._to_device(slots, torch.int64),
             query_start_loc=self._to_device(query_start_loc, torch.int32),
@@ -341,7 +339,7 @@ class ModelRunner:
             max_seq_len=self.max_model_len,
             query_start_loc_cpu=list(range(b + 1)),
             seq_lens_cpu=[],  # host copies do not exist under a graph: backends must not loop on them
-            decode_order=self.g_order[:b] if DECODE_LONGEST_FIRST else None,
+            decode_order=self.g_order[:b] if self.decode_longest_first else None,
         )
 
     def _graph_size(self, out: SchedulerOutput) -> int | None:
@@ -386,7 +384,7 @@ class ModelRunner:
         inputs[0, :n], inputs[1, :n], inputs[2, :n], inputs[3, :n] = ids, pos, slots, lens
         inputs[:, n:b] = 0
         inputs[2, n:b] = -1  # padding rows store nothing and read nothing (seq_len 0)
-        if DECODE_LONGEST_FIRST:
+        if self.decode_longest_first:
             inputs[4, :b] = decode_order(inputs[3, :b])  # padding rows (seq_len 0) last
         staged = self.h_inputs.to(self.device, non_blocking=True)  # 10 KB, one copy; b columns used
         for row, buffer in zip(staged, self._g_staged):

@@ -1,5 +1,5 @@
 """An eager step's forward (prefill chunks, mixed prefill and decodes) as CUDA graphs around the attention
-calls: piecewise graphs, as vLLM captures them. Off until the H200 measures it (model_runner.PIECEWISE).
+calls: piecewise graphs, as vLLM captures them. Off until the H200 measures it ([engine] piecewise_graphs).
 
 Why: on the H200 the bench's decode-only steps replay whole-model graphs and their GPU time holds to +-0.25%
 from pass to pass, while its 18 eager steps took 0.345-0.504 s of GPU time and their GPU idle 0.03-0.17 s,
@@ -13,7 +13,7 @@ Data across the pieces: static buffers for the inputs (ids, positions, KV slots:
 store nothing), for q (each piece copies its rotated q there) and for the attention output o (copied
 there before the next piece); the residual stream crosses in the graphs' memory pool (a piece reads the
 previous piece's output, replayed in the order of capture). The step's K and V are stored by the RoPE
-kernel inside the pieces (models.common.FUSE_KV_STORE), so attention reads them from the cache. Padding
+kernel inside the pieces (the layers' ``fuse_kv_store``), so attention reads them from the cache. Padding
 rows compute garbage that stays in padding rows: every op but attention works row by row.
 
 With ``graphs=False`` the pieces run as plain calls in the same order over the same buffers (any device):
@@ -89,7 +89,7 @@ class PiecewiseForward:
         for piece in self.pieces:  # warm-up: Triton compiles, cuBLAS picks its kernels (slots -1: no stores)
             piece()
         if self._kv is not None:
-            raise RuntimeError("piecewise graphs need the K/V store inside the pieces (models.common.FUSE_KV_STORE)")
+            raise RuntimeError("piecewise graphs need the K/V store inside the pieces (the layers' fuse_kv_store)")
         torch.cuda.synchronize(self.q.device)
         for piece in self.pieces:
             graph = torch.cuda.CUDAGraph()

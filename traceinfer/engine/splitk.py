@@ -10,8 +10,9 @@ atomic count per tile) sums the partials in slice order and writes the output. T
 the result does not depend on which program came last: the same inputs give the same bits, run after run.
 A row's output does not depend on the rows beside it (CUDA graphs pad the batch).
 
-``ENABLED`` stays False until the H200 measures it against cuBLAS (scripts/gemv_bench.py --splitk fills
-``TUNED``, the shapes and row counts where it wins) and in the engine (scripts/engine_ab.py splitk). Launch grids depend on shapes only: the op can be captured in a CUDA
+The model's layers take it when their ``splitk`` is on (default models.common.SPLITK, False until the H200
+measures it against cuBLAS: scripts/gemv_bench.py --splitk fills ``TUNED``, the shapes and row counts where
+it wins; scripts/engine_ab.py splitk runs the engine with it and without). Launch grids depend on shapes only: the op can be captured in a CUDA
 graph. Set TRITON_INTERPRET=1 to run it on CPU tensors (float32).
 """
 
@@ -23,7 +24,6 @@ import torch
 import triton
 import triton.language as tl
 
-ENABLED = False
 MIN_ROWS, MAX_ROWS = 9, 256  # below: gemv or cuBLAS; above: prefill-sized, cuBLAS's tiles fill the GPU
 
 
@@ -110,10 +110,10 @@ def _counters(device: torch.device) -> torch.Tensor:
 
 
 def takes(x: torch.Tensor, features: int) -> bool:
-    """Whether a linear layer runs here on x rather than on cuBLAS: enabled, x [M, K] on CUDA in 16 bits with
-    unit stride along K, MIN_ROWS <= M <= MAX_ROWS, and a tuned config for M rows of this weight shape."""
+    """Whether a linear layer can run here on x rather than on cuBLAS: x [M, K] on CUDA in 16 bits with unit
+    stride along K, MIN_ROWS <= M <= MAX_ROWS, and a tuned config for M rows of this weight shape."""
     return (
-        ENABLED and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2 and x.stride(1) == 1
+        x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2 and x.stride(1) == 1
         and MIN_ROWS <= x.shape[0] <= MAX_ROWS and config_for(x.shape[0], features, x.shape[1]) is not None
     )  # fmt: skip
 

@@ -44,10 +44,20 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 # the torch functions. fused_ops imports triton, so it is imported on first use on a CUDA tensor.
 
 
+# Defaults of the layers' kernel choices, read when a layer is built (each layer keeps its own, so that two
+# engines in one process can differ: scripts/engine_ab.py).
+FUSE_KV_STORE = True  # on CUDA the RoPE kernel stores the step's K/V (a kernel a layer fewer); measured +1.0%
+SPLITK = False  # decode batches' projections on engine/splitk where it was tuned; off until measured
+
+
 class Linear(nn.Linear):
     """nn.Linear; on CUDA in 16 bits, one row through a layer of few outputs (o_proj, down_proj in a decode
     step at batch 1) goes to engine/gemv's kernel, which streams such weights faster than cuBLAS's tiles do;
-    a decode batch of 9-256 rows to engine/splitk's, once it is enabled (splitk.ENABLED, off until measured)."""
+    with ``splitk`` (default SPLITK), a decode batch of 9-256 rows to engine/splitk's where it is tuned."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.splitk = SPLITK
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda:
@@ -55,7 +65,7 @@ class Linear(nn.Linear):
 
             if gemv.takes(x, self.out_features):
                 return gemv.linear(x, self.weight, self.bias)
-            if splitk.takes(x, self.out_features):
+            if self.splitk and splitk.takes(x, self.out_features):
                 return splitk.linear(x, self.weight, self.bias)
         return super().forward(x)
 
@@ -93,11 +103,6 @@ def rope_inv_freq(config, head_dim: int) -> tuple[torch.Tensor, float]:
         raise ModelLoadError(f"rope_type {rope_type!r} is unknown; known: default, {', '.join(ROPE_INIT_FUNCTIONS)}")
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
     return inv_freq.float(), float(scaling)
-
-
-# On CUDA the RoPE kernel stores the step's K/V into the cache (fused_ops.KVStore) instead of the attention
-# backend's own store kernel; off, for an A/B (scripts/engine_ab.py kv-store), the backend stores them.
-FUSE_KV_STORE = True
 
 
 class RotaryEmbedding(nn.Module):
@@ -155,6 +160,8 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.backend = backend
+        # on CUDA the RoPE kernel stores the step's K/V (fused_ops.KVStore); off, the backend's own store does
+        self.fuse_kv_store = FUSE_KV_STORE
         self.k_cache: torch.Tensor | None = None  # [num_blocks, block_size, Hkv, D], bound by the runner
         self.v_cache: torch.Tensor | None = None
 
@@ -168,7 +175,7 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         norms = (self.q_norm, self.k_norm) if self.qk_norm else (None, None)
         store = None
-        if x.is_cuda and FUSE_KV_STORE:  # the RoPE kernel also stores the step's K/V: a kernel a layer fewer
+        if x.is_cuda and self.fuse_kv_store:  # the RoPE kernel also stores the step's K/V: a kernel a layer fewer
             from traceinfer.engine import fused_ops
 
             store = fused_ops.KVStore(v, self.k_cache, self.v_cache, slot_mapping)
