@@ -118,7 +118,7 @@ def run_workload(
     limit = workload.max_concurrency or n
     counter = StepCounter() if count_steps else None
     unsubscribe = engine.hooks.subscribe(counter, ("schedule",)) if counter else None
-    steps0, graphs0 = engine.step_index, engine.runner.stats.graph_steps
+    steps0, graphs0, pieces0 = engine.step_index, engine.runner.stats.graph_steps, engine.runner.stats.piecewise_steps
     clock = time.perf_counter_ns
     outputs: dict[str, object] = {}
     ids: list[str] = []
@@ -174,6 +174,7 @@ def run_workload(
     details = {
         "engine_steps": engine.step_index - steps0,
         "cuda_graph_steps": engine.runner.stats.graph_steps - graphs0,
+        "piecewise_graph_steps": engine.runner.stats.piecewise_steps - pieces0,
         "finish_reasons": sorted({o.finish_reason for o in ordered}),
         "failed_requests": failed,
         "arrival": "offline" if offline else workload.arrival,

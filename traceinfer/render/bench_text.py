@@ -94,7 +94,8 @@ def format_report(result: dict) -> str:
         "",
         f"engine steps: {steps['model_steps']:,} ({steps['decode_steps']:,} with decodes, {steps['prefill_steps']:,} "
         f"with prefill), preemptions {steps['preemptions']:,}; CUDA graph replays: {ours['details']['cuda_graph_steps']:,} "
-        f"of {steps['decode_only_steps']:,} decode-only steps",
+        f"of {steps['decode_only_steps']:,} decode-only steps"
+        + (f"; piecewise graphs: {pieces:,} eager steps" if (pieces := ours['details'].get('piecewise_graph_steps')) else ""),
         f"device rates ({'measured' if rates['bandwidth_measured'] else 'given'} copy, "
         f"{'measured' if rates['matmul_measured'] else 'given'} {rates['matmul_dtype']} GEMM): "
         f"{_si(rates['bandwidth_bytes_per_s'], 'B/s')}, {_si(rates['matmul_flops_per_s'], 'FLOP/s')}",
