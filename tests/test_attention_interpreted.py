@@ -8,16 +8,11 @@ at the models' shapes are on the GPU (tests/gpu/test_triton_attention.py, test_f
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.interpreted import run_interpreted
 
 
 def interpreted_decode_checks() -> None:
@@ -92,13 +87,7 @@ def interpreted_rope_store_checks() -> None:
 
 
 def test_kernels_interpreted():
-    """In a fresh process: triton reads TRITON_INTERPRET when the kernels are defined."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = "import tests.test_attention_interpreted as t; t.interpreted_decode_checks();"
-    code += " t.interpreted_rope_store_checks()"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_interpreted("tests.test_attention_interpreted", "interpreted_decode_checks", "interpreted_rope_store_checks")
 
 
 def test_decode_order_is_longest_first_and_stable():

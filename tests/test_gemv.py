@@ -4,15 +4,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.interpreted import run_interpreted
 
 
 def interpreted_kernel_checks() -> None:
@@ -42,12 +37,7 @@ def interpreted_kernel_checks() -> None:
 
 
 def test_gemv_interpreted():
-    """In a fresh process: triton reads TRITON_INTERPRET when the kernels are defined."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = "import tests.test_gemv as t; t.interpreted_kernel_checks()"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_interpreted("tests.test_gemv", "interpreted_kernel_checks")
 
 
 def test_a_linear_layer_keeps_torch_on_cpu():

@@ -11,19 +11,14 @@ reference's best two scores are not within float32 rounding of each other.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from tests.interpreted import run_interpreted
 from traceinfer.engine.sampler import draw_seed, sample
 from traceinfer.engine.sampling_params import SamplingParams
 
-REPO = Path(__file__).resolve().parents[1]
 DRAWS = 20_000
 LOGITS8 = torch.tensor([1.0, 0.0, 2.0, -1.0, 0.5, 1.5, -0.5, 0.25])
 CHI2_LIMIT = {7: 55.87, 5: 50.69, 3: 44.84, 2: 41.45}  # chi-square quantiles at p = 1e-9, by degrees of freedom
@@ -256,10 +251,5 @@ def interpreted_kernel_checks() -> None:
 
 
 def test_triton_kernel_interpreted():
-    """The kernel on float32 CPU tensors under TRITON_INTERPRET=1, in a fresh process (triton reads the
-    variable when the kernels are defined, and this process may have imported them already)."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = "import tests.test_sampler as t; t.interpreted_kernel_checks()"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    """The kernel on float32 CPU tensors under TRITON_INTERPRET=1."""
+    run_interpreted("tests.test_sampler", "interpreted_kernel_checks")

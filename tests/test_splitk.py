@@ -4,15 +4,10 @@ TRITON_INTERPRET=1 (float32). Its bf16 checks and timings against cuBLAS are for
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.interpreted import run_interpreted
 
 
 def interpreted_kernel_checks() -> None:
@@ -43,12 +38,7 @@ def interpreted_kernel_checks() -> None:
 
 
 def test_splitk_interpreted():
-    """In a fresh process: triton reads TRITON_INTERPRET when the kernels are defined."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    code = "import tests.test_splitk as t; t.interpreted_kernel_checks()"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_interpreted("tests.test_splitk", "interpreted_kernel_checks")
 
 
 def test_config_for_takes_the_first_tuned_entry_that_holds_the_rows(monkeypatch):
