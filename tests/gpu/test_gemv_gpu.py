@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.gpu.linear_cases import linear_cases
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-
-# Qwen3-0.6B's projections: qkv, o, gate_up, down
-SHAPES = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072)]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -21,20 +20,13 @@ SHAPES = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072)]
 def test_gemv_matches_f_linear(dtype, m):
     from traceinfer.engine import gemv
 
-    g = torch.Generator(device="cuda").manual_seed(m)
-    for n, k in SHAPES:
-        x = torch.randn(m, k, device="cuda", dtype=dtype, generator=g)
-        w = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) / k**0.5
-        b = torch.randn(n, device="cuda", dtype=dtype, generator=g)
-        for bias in (None, b):
-            ours, theirs = gemv.linear(x, w, bias), F.linear(x, w, bias)
-            ref = F.linear(x.float(), w.float(), None if bias is None else bias.float())
-            # both within a rounding of the float32 product; each other within two ulps
-            ulp = torch.finfo(dtype).eps * ref.abs().clamp_min(1.0)
-            assert ((ours.float() - ref).abs() <= ulp).float().mean() > 0.999
-            assert ((ours.float() - theirs.float()).abs() <= 2 * ulp).all()
-        rows = torch.cat([gemv.linear(x[i : i + 1], w) for i in range(m)])  # one row at a time
-        assert torch.equal(rows, gemv.linear(x, w))
+    for x, w, bias, ref, ulp in linear_cases(m, dtype):
+        ours, theirs = gemv.linear(x, w, bias), F.linear(x, w, bias)
+        # both within a rounding of the float32 product; each other within two ulps
+        assert ((ours.float() - ref).abs() <= ulp).float().mean() > 0.999
+        assert ((ours.float() - theirs.float()).abs() <= 2 * ulp).all()
+        rows = torch.cat([gemv.linear(x[i : i + 1], w, bias) for i in range(m)])  # one row at a time
+        assert torch.equal(rows, gemv.linear(x, w, bias))
 
 
 def test_gemv_in_a_cuda_graph():

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+
+from tests.gpu.linear_cases import SHAPES, linear_cases
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-SHAPES = [(4096, 1024), (1024, 2048), (6144, 1024), (1024, 3072)]  # Qwen3-0.6B: qkv, o, gate_up, down
 CONFIGS = [None, (16, 64, 128, 1, 4, 3), (64, 128, 256, 8, 4, 3), (16, 32, 128, 2, 4, 4)]
 
 
@@ -22,20 +22,13 @@ CONFIGS = [None, (16, 64, 128, 1, 4, 3), (64, 128, 256, 8, 4, 3), (16, 32, 128, 
 def test_splitk_matches_the_float32_product(dtype, m):
     from traceinfer.engine import splitk
 
-    g = torch.Generator(device="cuda").manual_seed(m)
-    for n, k in SHAPES:
-        x = torch.randn(m, k, device="cuda", dtype=dtype, generator=g)
-        w = torch.randn(n, k, device="cuda", dtype=dtype, generator=g) / k**0.5
-        b = torch.randn(n, device="cuda", dtype=dtype, generator=g)
-        for bias in (None, b):
-            ref = F.linear(x.float(), w.float(), None if bias is None else bias.float())
-            ulp = torch.finfo(dtype).eps * ref.abs().clamp_min(1.0)
-            for c in CONFIGS:
-                cfg = splitk.Config(*c) if c else None
-                ours = splitk.linear(x, w, bias, cfg)
-                assert ((ours.float() - ref).abs() <= 2 * ulp).all(), (n, k, c)
-                assert torch.equal(splitk.linear(x, w, bias, cfg), ours)  # the same bits again
-                assert torch.equal(splitk.linear(x[:9], w, bias, cfg), ours[:9])  # rows independent
+    for x, w, bias, ref, ulp in linear_cases(m, dtype):
+        for c in CONFIGS:
+            cfg = splitk.Config(*c) if c else None
+            ours = splitk.linear(x, w, bias, cfg)
+            assert ((ours.float() - ref).abs() <= 2 * ulp).all(), (tuple(w.shape), c)
+            assert torch.equal(splitk.linear(x, w, bias, cfg), ours)  # the same bits again
+            assert torch.equal(splitk.linear(x[:9], w, bias, cfg), ours[:9])  # rows independent
     torch.cuda.synchronize()
     assert not splitk._counters(torch.device("cuda")).any()
 
