@@ -152,6 +152,8 @@ def test_run_bench_end_to_end(tmp_path, capsys):
     steps = ours["details"]["steps"]
     assert steps["model_steps"] >= max(p.max_tokens for p in params)
     assert result["floor"]["num_steps"] == steps["model_steps"] and result["device_rates"]["bandwidth_measured"]
+    assert result["kernels"]["piecewise_graph_tokens"] == [] and not result["kernels"]["splitk"]
+    assert result["engine_config"]["piecewise_graphs"] is False
     check_figures(result)
     printed = capsys.readouterr().out
     assert "TTFT includes queueing" in printed and "physical floor" in printed and str(out) in printed

@@ -513,6 +513,9 @@ def test_manifest_describes_the_run(make_llm, tmp_path):
     m = read_manifest(session.run_dir)
     assert m["format"] == "traceinfer-run" and m["status"] == "completed" and m["error"] is None
     assert m["workload"] == {"name": "t"} and m["engine"]["num_kv_blocks"] == 64
+    # the kernel choices the engine was built with (on CPU: the torch paths, no graphs)
+    assert m["engine"]["kernels"] == {"fuse_kv_store": False, "splitk": False, "decode_longest_first": True,
+                                      "cuda_graph_batch_sizes": [], "piecewise_graph_tokens": []}  # fmt: skip
     packages = m["packages"]
     assert "python" in packages and packages["torch"] and packages["torch_runtime"] == str(torch.__version__)
     assert packages["torch_runtime"].startswith(packages["torch"])  # the runtime adds a build tag, if any

@@ -121,6 +121,7 @@ def headline(manifest: dict, summary: RunSummary, frames: dict) -> dict:
         "engine": {
             "dtype": engine.get("dtype"), "attention_backend": engine.get("attention_backend"),
             "cuda_graphs": engine.get("cuda_graphs"), "async_scheduling": engine.get("async_scheduling"),
+            "kernels": engine.get("kernels"),  # None in runs from before it was recorded
             "num_kv_blocks": engine.get("num_kv_blocks"),
             "block_size": engine.get("block_size"), "max_model_len": engine.get("max_model_len"),
             **{k: config.get(k) for k in ("max_num_seqs", "max_num_batched_tokens", "enable_prefix_caching",

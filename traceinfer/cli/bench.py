@@ -104,6 +104,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     floor = physical_floor(cost, list(map(len, workload.prompts)), output_lens, ours.details["steps"]["model_steps"],
                            bandwidth, flops)  # fmt: skip
     engine_json = {**dataclasses.asdict(engine.config), "resolved_dtype": str(engine.dtype).removeprefix("torch.")}
+    kernels = engine.runner.kernel_choices()
     label, synthetic = engine.model_label, engine.synthetic
 
     hf = None
@@ -134,6 +135,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "device": dev.device_name(device),
         "torch": torch.__version__,
         "engine_config": engine_json,
+        "kernels": kernels,
         "workload": {
             **spec,
             "ignore_eos": True,

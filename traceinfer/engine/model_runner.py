@@ -155,6 +155,17 @@ class ModelRunner:
             if piecewise_graphs:
                 self.capture_piecewise_graphs()
 
+    def kernel_choices(self) -> dict:
+        """What this runner and its model were built to run (a run's manifest and the bench record it)."""
+        cuda = self.device.type == "cuda"
+        return {
+            "fuse_kv_store": cuda and self.model.model.layers[0].self_attn.fuse_kv_store,
+            "splitk": cuda and any(getattr(m, "splitk", False) for m in self.model.modules()),
+            "decode_longest_first": self.decode_longest_first,
+            "cuda_graph_batch_sizes": list(self.graph_sizes),
+            "piecewise_graph_tokens": list(self.piecewise_sizes),
+        }
+
     # -- KV cache --------------------------------------------------------------------------
     def kv_bytes_per_block(self) -> int:
         attn = self.model.model.layers[0].self_attn

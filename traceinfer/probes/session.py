@@ -114,6 +114,7 @@ def engine_manifest(engine) -> dict:
         "block_size": engine.block_manager.block_size,
         "max_model_len": engine.max_model_len,
         "cuda_graphs": bool(getattr(engine.runner, "graphs", None)),
+        "kernels": engine.runner.kernel_choices(),
         "async_scheduling": getattr(engine, "async_scheduling", None),  # config's 'auto' resolved
         "model_shapes": engine.model.shapes(),  # what the physical floor needs (traceinfer.analysis.floor)
     }

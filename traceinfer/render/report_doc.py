@@ -209,7 +209,21 @@ def _engine(e: dict) -> str:
             f"tokens, max_model_len {_count(e.get('max_model_len'))}, max_num_seqs {_count(e.get('max_num_seqs'))}, "
             f"max_num_batched_tokens {_count(e.get('max_num_batched_tokens'))}, prefix caching "
             f"{_on(e.get('enable_prefix_caching'))}, chunked prefill {_on(e.get('enable_chunked_prefill'))}, "
-            f"enforce_eager {_on(e.get('enforce_eager'))}")  # fmt: skip
+            f"enforce_eager {_on(e.get('enforce_eager'))}{_kernels(e.get('kernels'))}")  # fmt: skip
+
+
+def _kernels(k: dict | None) -> str:
+    """The kernel choices beyond the defaults' names: piecewise graphs, split-K GEMM, fused K/V store."""
+    if not k:
+        return ""
+    parts = []
+    if k.get("piecewise_graph_tokens"):
+        parts.append(f"piecewise graphs at {', '.join(map(_count, k['piecewise_graph_tokens']))} tokens")
+    if k.get("splitk"):
+        parts.append("split-K GEMM for decode batches")
+    if k.get("fuse_kv_store"):
+        parts.append("K/V stored by the RoPE kernel")
+    return "".join(f", {p}" for p in parts)
 
 
 def headline(report: Report) -> list[Block]:
