@@ -122,7 +122,7 @@ def splitk_sweep(copy_tb_s: float = 4.2) -> None:
     dev = torch.device("cuda")
     copies = 8
     grid = [splitk.Config(bm, bn, bk, sp, 4, 3)
-            for bm, bn, bk, sp in itertools.product((16, 64), (32, 64, 128), (128, 256), (1, 2, 4, 8))]  # fmt: skip
+            for bm, bn, bk, sp in itertools.product((16, 64), (32, 64, 128), (128, 256), (1, 2, 4, 8, 16))]  # fmt: skip
     tuned: dict[tuple[int, int], list] = {}
     for m in (16, 64, 256):
         for name, (n, k) in SHAPES.items():
