@@ -141,7 +141,7 @@ def splitk_sweep(copy_tb_s: float = 4.2) -> None:
                     continue
                 timed.append((us, cfg))
             us, best = min(timed, key=lambda t: t[0])
-            default = next(t for t, c in timed if c == splitk.Config())
+            default = next((t for t, c in timed if c == splitk.Config()), float("nan"))
             want = F.linear(x, ws[0]).float()
             got = [splitk.linear(x, ws[0], None, best) for _ in range(3)]
             err = ((got[0].float() - want).abs().max() / want.abs().max()).item()
