@@ -1,6 +1,7 @@
 """engine/splitk on a CUDA device: bf16 and fp16 against the float32 product, the same bits run after run and
-whatever the row count beside a row, the tile counters back at zero, capture in a CUDA graph, and the model's
-logits with it as without it (bf16)."""
+whatever the row count beside a row, the tile counters back at zero, capture in a CUDA graph, the down projection
+with the activation fused (the same bits as silu_and_mul then the kernel), and the model's logits with it as
+without it (bf16)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,19 @@ def test_splitk_matches_the_float32_product(dtype, m):
             assert torch.equal(splitk.linear(x[:9], w, bias, cfg), ours[:9])  # rows independent
     torch.cuda.synchronize()
     assert not splitk._counters(torch.device("cuda")).any()
+
+
+@pytest.mark.parametrize("m", [16, 64, 256])
+def test_the_fused_down_projection_gives_the_bits_of_silu_and_mul_then_splitk(m):
+    from traceinfer.engine import fused_ops, splitk
+
+    g = torch.Generator(device="cuda").manual_seed(m)
+    gate_up = torch.randn(m, 2 * 3072, device="cuda", dtype=torch.bfloat16, generator=g)
+    w = torch.randn(1024, 3072, device="cuda", dtype=torch.bfloat16, generator=g) / 3072**0.5
+    for c in CONFIGS:
+        cfg = splitk.Config(*c) if c else None
+        fused = splitk.silu_mul_linear(gate_up, w, None, cfg)
+        assert torch.equal(fused, splitk.linear(fused_ops.silu_and_mul(gate_up), w, None, cfg)), c
 
 
 def test_splitk_in_a_cuda_graph():

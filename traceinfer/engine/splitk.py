@@ -23,6 +23,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
+
+from traceinfer.engine.fused_ops import _LAUNCH, _round
 
 MIN_ROWS, MAX_ROWS = 9, 256  # below: gemv or cuBLAS; above: prefill-sized, cuBLAS's tiles fill the GPU
 
@@ -52,6 +55,20 @@ def config_for(m: int, n: int, k: int) -> Config | None:
 
 
 @triton.jit
+def _silu_mul_tile(gate_ptrs, up_offset, mask, LIBDEVICE: tl.constexpr):
+    """silu(gate) * up of a tile of gate_up = [gate | up], rounded as fused_ops.silu_and_mul rounds it."""
+    dtype = gate_ptrs.dtype.element_ty
+    gate = tl.load(gate_ptrs, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(gate_ptrs + up_offset, mask=mask, other=0.0).to(tl.float32)
+    if LIBDEVICE:
+        e = libdevice.exp(-gate)
+    else:
+        e = tl.exp(-gate)
+    act = _round(tl.math.div_rn(gate, 1.0 + e), dtype)
+    return (act * up).to(dtype)
+
+
+@triton.jit
 def _finish(total, b_ptr, y_ptr, m, n, stride_ym, out_mask, n_ok, HAS_BIAS: tl.constexpr):
     if HAS_BIAS:
         total += tl.load(b_ptr + n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -62,10 +79,11 @@ def _finish(total, b_ptr, y_ptr, m, n, stride_ym, out_mask, n_ok, HAS_BIAS: tl.c
 def _splitk_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_per_split, stride_xm, stride_wn, stride_ym,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, LIBDEVICE: tl.constexpr,
 ):  # fmt: skip
     # grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), SPLITS): program (n, m, s) multiplies rows m, features n over
-    # K slice s = [s * k_per_split, (s + 1) * k_per_split), k_per_split a multiple of BLOCK_K
+    # K slice s = [s * k_per_split, (s + 1) * k_per_split), k_per_split a multiple of BLOCK_K. SILU_MUL: the
+    # rows of x are [gate | up], 2K wide, and the kernel multiplies silu(gate) * up
     pid_n, pid_m, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -76,7 +94,10 @@ def _splitk_kernel(
     for k0 in range(s * k_per_split, (s + 1) * k_per_split, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < K
-        x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        if SILU_MUL:
+            x = _silu_mul_tile(x_rows + k[None, :], K, m_ok[:, None] & k_ok[None, :], LIBDEVICE)
+        else:
+            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0, eviction_policy="evict_first")
         acc += tl.dot(x, w)
     out_mask = m_ok[:, None] & n_ok[None, :]
@@ -121,10 +142,25 @@ def takes(x: torch.Tensor, features: int) -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, cfg: Config | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias) for x [M, K] and weight [N, K], both with unit stride along K; ``cfg`` in
     place of ``config_for``'s (a sweep)."""
-    m, k = x.shape
+    return _launch(x, x.shape[1], weight, bias, cfg, silu_mul=False)
+
+
+def silu_mul_linear(
+    gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, cfg: Config | None = None
+) -> torch.Tensor:
+    """F.linear(silu(gate) * up, weight, bias) for gate_up [M, 2K] = [gate | up] (an MLP's down projection):
+    the activations fused_ops.silu_and_mul would write, with its roundings, made as the kernel loads them,
+    so the same bits as silu_and_mul then ``linear``, in one kernel and without the [M, K] activations."""
+    if gate_up.shape[1] % 2:
+        raise ValueError(f"gate_up's last dim must be even, got {gate_up.shape[1]}")
+    return _launch(gate_up, gate_up.shape[1] // 2, weight, bias, cfg, silu_mul=True)
+
+
+def _launch(x, k: int, weight, bias, cfg: Config | None, silu_mul: bool) -> torch.Tensor:
+    m = x.shape[0]
     n = weight.shape[0]
     cfg = cfg or config_for(m, n, k) or Config()
-    if weight.shape[1] != k or x.stride(1) != 1 or weight.stride(1) != 1:
+    if x.dim() != 2 or weight.shape[1] != k or x.stride(1) != 1 or weight.stride(1) != 1:
         raise ValueError(
             f"splitk takes x [M, K] and weight [N, K] with unit stride along K; got {tuple(x.shape)} and {tuple(weight.shape)}"
         )
@@ -138,6 +174,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         x, weight, bias if bias is not None else weight, y, part, _counters(x.device), m, n, k, k_per_split,
         x.stride(0), weight.stride(0), y.stride(0),
         SPLITS=cfg.splits, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        SILU_MUL=silu_mul, LIBDEVICE=x.is_cuda, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **(_LAUNCH if silu_mul else {}),
     )  # fmt: skip
     return y

@@ -206,9 +206,12 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)  # [T, 2I]
         if gate_up.is_cuda:
-            from traceinfer.engine import fused_ops
+            from traceinfer.engine import fused_ops, splitk
 
-            return self.down_proj(fused_ops.silu_and_mul(gate_up))
+            down = self.down_proj
+            if down.splitk and splitk.takes(gate_up[:, : self.intermediate_size], down.out_features):
+                return splitk.silu_mul_linear(gate_up, down.weight, down.bias)  # the activation in the GEMM's loads
+            return down(fused_ops.silu_and_mul(gate_up))
         return self.down_proj(silu_and_mul(gate_up))
 
 
