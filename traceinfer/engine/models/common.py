@@ -186,12 +186,6 @@ class Attention(nn.Module):
         """-> the attention output [T, Hq * D] (k, v unused when ``stored``)."""
         return self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale, kv_stored=stored).flatten(1)
 
-    def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, rotary: RotaryEmbedding, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        q, k, v, stored = self.project(positions, x, rotary, meta.slot_mapping)
-        return self.o_proj(self.attend(q, k, v, meta, stored))
-
 
 class MLP(nn.Module):
     def __init__(self, config) -> None:
