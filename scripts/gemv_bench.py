@@ -8,8 +8,7 @@ batch-1 decode.
                                             time, and the share of the bytes / flops floor it reaches
     python scripts/gemv_bench.py --splitk   (GPU) engine/splitk's configs swept at 16, 64 and 256 rows against
                                             cuBLAS, each best checked in bf16 against F.linear and for
-                                            the same bits run after run; the down projection also
-                                            with silu_and_mul fused into it, against the two kernels
+                                            the same bits run after run; prints splitk.TUNED
 
 Kernel times are do_bench_cudagraph medians (launch cost out, weights not in L2: each matrix is larger than
 the 60 MB L2 only together, so a replay of one kernel finds its weights in L2; the figures are an upper
@@ -153,17 +152,6 @@ def splitk_sweep(copy_tb_s: float = 4.2) -> None:
                   flush=True)  # fmt: skip
             if us < cublas:
                 tuned.setdefault((n, k), []).append((m, best))
-            if name == "down":  # the MLP's down projection: silu_and_mul's kernel then the GEMM, or one kernel
-                from traceinfer.engine import fused_ops
-
-                gus = [torch.randn(m, 2 * k, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
-                pairs = list(zip(gus, ws))
-                two = triton.testing.do_bench_cudagraph(
-                    lambda: [F.linear(fused_ops.silu_and_mul(gu), w) for gu, w in pairs], rep=20) * 1e3 / copies
-                one = triton.testing.do_bench_cudagraph(
-                    lambda: [splitk.silu_mul_linear(gu, w, None, best) for gu, w in pairs], rep=20) * 1e3 / copies
-                print(f"m {m:3d} down with silu_and_mul: kernel + cublas {two:6.2f}us, fused splitk {one:6.2f}us "
-                      f"({two / one:4.2f}x)", flush=True)  # fmt: skip
     print("splitk.TUNED for the shapes and row counts where it beat cuBLAS (rows up to the next count measured):")
     print(tuned)
 

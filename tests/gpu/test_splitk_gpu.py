@@ -1,7 +1,6 @@
 """engine/splitk on a CUDA device: bf16 and fp16 against the float32 product, the same bits run after run and
-whatever the row count beside a row, the tile counters back at zero, capture in a CUDA graph, the down projection
-with the activation fused (the same bits as silu_and_mul then the kernel), and the model's logits with it as
-without it (bf16)."""
+whatever the row count beside a row, the tile counters back at zero, capture in a CUDA graph, and the model's
+logits with it as without it (bf16)."""
 
 from __future__ import annotations
 
@@ -15,7 +14,8 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-CONFIGS = [None, (16, 64, 128, 1, 4, 3), (64, 128, 256, 8, 4, 3), (16, 32, 128, 2, 4, 4)]
+# The middle one at 2 stages: at 3 its tiles (3 x (64 + 128) x 256 bf16, 288 KiB) overrun the H200's 227 KiB.
+CONFIGS = [None, (16, 64, 128, 1, 4, 3), (64, 128, 256, 8, 4, 2), (16, 32, 128, 2, 4, 4)]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -32,19 +32,6 @@ def test_splitk_matches_the_float32_product(dtype, m):
             assert torch.equal(splitk.linear(x[:9], w, bias, cfg), ours[:9])  # rows independent
     torch.cuda.synchronize()
     assert not splitk._counters(torch.device("cuda")).any()
-
-
-@pytest.mark.parametrize("m", [16, 64, 256])
-def test_the_fused_down_projection_gives_the_bits_of_silu_and_mul_then_splitk(m):
-    from traceinfer.engine import fused_ops, splitk
-
-    g = torch.Generator(device="cuda").manual_seed(m)
-    gate_up = torch.randn(m, 2 * 3072, device="cuda", dtype=torch.bfloat16, generator=g)
-    w = torch.randn(1024, 3072, device="cuda", dtype=torch.bfloat16, generator=g) / 3072**0.5
-    for c in CONFIGS:
-        cfg = splitk.Config(*c) if c else None
-        fused = splitk.silu_mul_linear(gate_up, w, None, cfg)
-        assert torch.equal(fused, splitk.linear(fused_ops.silu_and_mul(gate_up), w, None, cfg)), c
 
 
 def test_splitk_in_a_cuda_graph():

@@ -1,4 +1,4 @@
-"""A linear layer for decode batches (16 to 256 rows) as a split-K Triton GEMM (CUDA only), not yet enabled.
+"""A linear layer for decode batches (16 to 256 rows) as a split-K Triton GEMM (CUDA only), off by default.
 
 A decode step of the bench multiplies 16-256 rows by each weight matrix. cuBLAS's tiles at those shapes give
 few programs: on the H200 its four Qwen3-0.6B projections reach 19-53% of their bytes floor (o_proj 1024 x
@@ -10,10 +10,14 @@ atomic count per tile) sums the partials in slice order and writes the output. T
 the result does not depend on which program came last: the same inputs give the same bits, run after run.
 A row's output does not depend on the rows beside it (CUDA graphs pad the batch).
 
-The model's layers take it when their ``splitk`` is on (default models.common.SPLITK, False until the H200
-measures it against cuBLAS: scripts/gemv_bench.py --splitk fills ``TUNED``, the shapes and row counts where
-it wins; scripts/engine_ab.py splitk runs the engine with it and without). Launch grids depend on shapes only: the op can be captured in a CUDA
-graph. Set TRITON_INTERPRET=1 to run it on CPU tensors (float32).
+The model's layers take it when their ``splitk`` is on (default models.common.SPLITK) and ``TUNED`` lists
+their shape and row count (scripts/gemv_bench.py --splitk finds them). On the H200 (2026-12-01) it beats
+cuBLAS by 1.05-1.33x on the o and down projections at 16 and 64 rows, but the bench's passes gained
++0.11..+0.57% in four paired rounds (scripts/engine_ab.py splitk), inside the passes' +-0.4%: not resolved,
+so SPLITK stays False. A variant with silu(gate) * up made in the down projection's loads was measured and
+removed: every output tile recomputed the activations, 0.63x silu_and_mul + cuBLAS at 16 rows, 0.07x at
+256. Launch grids depend on shapes only: the op can be captured in a CUDA graph. Set TRITON_INTERPRET=1 to
+run it on CPU tensors (float32).
 """
 
 from __future__ import annotations
@@ -23,9 +27,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
-
-from traceinfer.engine.fused_ops import _LAUNCH, _round
 
 MIN_ROWS, MAX_ROWS = 9, 256  # below: gemv or cuBLAS; above: prefill-sized, cuBLAS's tiles fill the GPU
 
@@ -41,9 +42,13 @@ class Config:
 
 
 # (N, K) -> [(most rows, config), ...] ascending: the best of scripts/gemv_bench.py --splitk for each weight
-# shape and row count where it beat cuBLAS; the model's layers use the kernel only there. Empty until the
-# H200 sweep fills it.
-TUNED: dict[tuple[int, int], list[tuple[int, Config]]] = {}
+# shape and row count where it beat cuBLAS; the model's layers use the kernel only there. H200, 2026-12-01:
+# Qwen3-0.6B's o (1024 x 2048) and down (1024 x 3072) projections at 16 and 64 rows (1.05-1.33x cuBLAS);
+# qkv and gate_up at any count, and all four at 256 rows, stay on cuBLAS.
+TUNED: dict[tuple[int, int], list[tuple[int, Config]]] = {
+    (1024, 2048): [(16, Config(16, 32, 128, 8, 4, 3)), (64, Config(64, 32, 128, 4, 4, 3))],
+    (1024, 3072): [(16, Config(16, 32, 128, 8, 4, 3)), (64, Config(64, 32, 256, 4, 4, 3))],
+}
 
 
 def config_for(m: int, n: int, k: int) -> Config | None:
@@ -52,20 +57,6 @@ def config_for(m: int, n: int, k: int) -> Config | None:
         if m <= most_rows:
             return cfg
     return None
-
-
-@triton.jit
-def _silu_mul_tile(gate_ptrs, up_offset, mask, LIBDEVICE: tl.constexpr):
-    """silu(gate) * up of a tile of gate_up = [gate | up], rounded as fused_ops.silu_and_mul rounds it."""
-    dtype = gate_ptrs.dtype.element_ty
-    gate = tl.load(gate_ptrs, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(gate_ptrs + up_offset, mask=mask, other=0.0).to(tl.float32)
-    if LIBDEVICE:
-        e = libdevice.exp(-gate)
-    else:
-        e = tl.exp(-gate)
-    act = _round(tl.math.div_rn(gate, 1.0 + e), dtype)
-    return (act * up).to(dtype)
 
 
 @triton.jit
@@ -79,11 +70,10 @@ def _finish(total, b_ptr, y_ptr, m, n, stride_ym, out_mask, n_ok, HAS_BIAS: tl.c
 def _splitk_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, count_ptr, M, N, K, k_per_split, stride_xm, stride_wn, stride_ym,
     SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, LIBDEVICE: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
 ):  # fmt: skip
     # grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M), SPLITS): program (n, m, s) multiplies rows m, features n over
-    # K slice s = [s * k_per_split, (s + 1) * k_per_split), k_per_split a multiple of BLOCK_K. SILU_MUL: the
-    # rows of x are [gate | up], 2K wide, and the kernel multiplies silu(gate) * up
+    # K slice s = [s * k_per_split, (s + 1) * k_per_split), k_per_split a multiple of BLOCK_K
     pid_n, pid_m, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -94,10 +84,7 @@ def _splitk_kernel(
     for k0 in range(s * k_per_split, (s + 1) * k_per_split, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
         k_ok = k < K
-        if SILU_MUL:
-            x = _silu_mul_tile(x_rows + k[None, :], K, m_ok[:, None] & k_ok[None, :], LIBDEVICE)
-        else:
-            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_cols + k[:, None], mask=k_ok[:, None] & n_ok[None, :], other=0.0, eviction_policy="evict_first")
         acc += tl.dot(x, w)
     out_mask = m_ok[:, None] & n_ok[None, :]
@@ -142,22 +129,7 @@ def takes(x: torch.Tensor, features: int) -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, cfg: Config | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias) for x [M, K] and weight [N, K], both with unit stride along K; ``cfg`` in
     place of ``config_for``'s (a sweep)."""
-    return _launch(x, x.shape[1], weight, bias, cfg, silu_mul=False)
-
-
-def silu_mul_linear(
-    gate_up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, cfg: Config | None = None
-) -> torch.Tensor:
-    """F.linear(silu(gate) * up, weight, bias) for gate_up [M, 2K] = [gate | up] (an MLP's down projection):
-    the activations fused_ops.silu_and_mul would write, with its roundings, made as the kernel loads them,
-    so the same bits as silu_and_mul then ``linear``, in one kernel and without the [M, K] activations."""
-    if gate_up.shape[1] % 2:
-        raise ValueError(f"gate_up's last dim must be even, got {gate_up.shape[1]}")
-    return _launch(gate_up, gate_up.shape[1] // 2, weight, bias, cfg, silu_mul=True)
-
-
-def _launch(x, k: int, weight, bias, cfg: Config | None, silu_mul: bool) -> torch.Tensor:
-    m = x.shape[0]
+    m, k = x.shape[0], x.shape[-1]
     n = weight.shape[0]
     cfg = cfg or config_for(m, n, k) or Config()
     if x.dim() != 2 or weight.shape[1] != k or x.stride(1) != 1 or weight.stride(1) != 1:
@@ -174,7 +146,6 @@ def _launch(x, k: int, weight, bias, cfg: Config | None, silu_mul: bool) -> torc
         x, weight, bias if bias is not None else weight, y, part, _counters(x.device), m, n, k, k_per_split,
         x.stride(0), weight.stride(0), y.stride(0),
         SPLITS=cfg.splits, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, HAS_BIAS=bias is not None,
-        SILU_MUL=silu_mul, LIBDEVICE=x.is_cuda, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **(_LAUNCH if silu_mul else {}),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
     return y

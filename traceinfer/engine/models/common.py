@@ -47,7 +47,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 # Defaults of the layers' kernel choices, read when a layer is built (each layer keeps its own, so that two
 # engines in one process can differ: scripts/engine_ab.py).
 FUSE_KV_STORE = True  # on CUDA the RoPE kernel stores the step's K/V: a kernel a layer fewer (H200 A/B: +1.0%, not resolved)
-SPLITK = False  # decode batches' projections on engine/splitk where it was tuned; off until measured
+SPLITK = False  # decode batches' projections on engine/splitk where tuned; the H200 bench gain was not resolved
 
 
 class Linear(nn.Linear):
@@ -200,12 +200,9 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)  # [T, 2I]
         if gate_up.is_cuda:
-            from traceinfer.engine import fused_ops, splitk
+            from traceinfer.engine import fused_ops
 
-            down = self.down_proj
-            if down.splitk and splitk.takes(gate_up[:, : self.intermediate_size], down.out_features):
-                return splitk.silu_mul_linear(gate_up, down.weight, down.bias)  # the activation in the GEMM's loads
-            return down(fused_ops.silu_and_mul(gate_up))
+            return self.down_proj(fused_ops.silu_and_mul(gate_up))
         return self.down_proj(silu_and_mul(gate_up))
 
 
