@@ -64,8 +64,8 @@ class EngineConfig:
     enable_chunked_prefill: bool = option(True, "split long prefills across steps", flag="chunked-prefill")
     attention_backend: Literal["auto", "torch", "triton", "flash_attn"] = option("auto", "attention kernels")
     enforce_eager: bool = option(False, "no CUDA graphs")
-    piecewise_graphs: bool = option(False, "with CUDA graphs, eager (prefill, mixed) steps too, as graphs around "
-                                    "attention at padded token counts (triton attention); off until measured")  # fmt: skip
+    piecewise_graphs: bool = option(True, "with CUDA graphs, eager (prefill, mixed) steps too, as graphs around "
+                                   "attention at padded token counts (triton attention)")  # fmt: skip
     async_scheduling: Literal["auto", "on", "off"] = option(
         "auto", "schedule and launch the next step while the device runs this one (auto: on with CUDA)"
     )

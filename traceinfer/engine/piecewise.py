@@ -1,5 +1,6 @@
 """An eager step's forward (prefill chunks, mixed prefill and decodes) as CUDA graphs around the attention
-calls: piecewise graphs, as vLLM captures them. Off until the H200 measures it ([engine] piecewise_graphs).
+calls: piecewise graphs, as vLLM captures them. On by default with CUDA graphs and the triton backend
+([engine] piecewise_graphs).
 
 Why: on the H200 the bench's decode-only steps replay whole-model graphs and their GPU time holds to +-0.25%
 from pass to pass, while its 18 eager steps took 0.345-0.504 s of GPU time and their GPU idle 0.03-0.17 s,
@@ -7,7 +8,10 @@ following the host's speed (scripts/pass_variance.py, 2026-12-01): an 8192-token
 kernels one by one from Python, about as fast as the GPU runs them. Attention cannot sit in a graph captured
 at one size (its grid follows the step's sequences), everything else can at a padded token count: here
 the layers' halves between attention calls are ``len(layers) + 1`` graphs per size, the attention runs
-eagerly between them on the real rows.
+eagerly between them on the real rows. Measured on the H200 (scripts/engine_ab.py piecewise, 6 rounds,
+2026-12-01): passes with it 25,734-25,816 tok/s (+-0.16%), without it 24,585-25,794 (-2.4..+1.6%).
+Per round with / without: median +3.7%, range -0.04..+4.7%: what it removes is the slow passes, and with
+them gone the bench's probe costs resolved to +-1%.
 
 Data across the pieces: static buffers for the inputs (ids, positions, KV slots: -1 on padding rows, which
 store nothing), for q (each piece copies its rotated q there) and for the attention output o (copied
