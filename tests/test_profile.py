@@ -38,10 +38,16 @@ def main(argv: list[str]) -> int:
     return cli_main(["profile", *argv])
 
 
+def _sigint_as_at_a_terminal() -> None:
+    # a shell without job control starts background commands with SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored: the child gets the disposition a terminal's Ctrl-C would meet
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def profile_process(out: Path, *args: str, **popen) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "traceinfer.cli", "profile", "--out", str(out), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, **popen)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, preexec_fn=_sigint_as_at_a_terminal, **popen)
 
 
 @pytest.fixture(autouse=True)
