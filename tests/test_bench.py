@@ -194,6 +194,12 @@ def test_probe_sets_are_compared_in_rotated_repeated_runs(tmp_path, capsys):
     assert result["traceinfer"]["output_tok_s"] == off  # the headline is the first set's
     printed = capsys.readouterr().out
     assert "cost vs off" in printed and f"{result['probe_cost_pct']['steps']:+.2f}%" in printed
+    # each pass said as it ends, in the rotated order it ran (a stopped bench shows how far it got)
+    said = [("off", 0), ("steps", 0), ("steps", 1), ("off", 1), ("off", 2), ("steps", 2)]
+    lines = [f"pass {i + 1}/6 ({spec}): {runs[spec][n]:,.1f} output tok/s" for i, (spec, n) in enumerate(said)]
+    at = [printed.index(line) for line in lines]
+    assert at == sorted(at) and at[-1] < printed.index("cost vs off")
+    assert printed.index("timed passes: 3 rounds of off, steps ...") < at[0]
     assert "run-to-run drift" in printed and "held below application clocks" not in printed  # no GPU counters
     # with a GPU's counters, each pass's share of time on held-back clocks is listed by set
     held = {"power": 0.0, "thermal": 0.0, "any": 0.0}
@@ -203,7 +209,7 @@ def test_probe_sets_are_compared_in_rotated_repeated_runs(tmp_path, capsys):
             "steps 0.0, 1.0, 2.0") in format_report(result)
 
 
-def test_compare_hf_runs_the_same_requests(tmp_path):
+def test_compare_hf_runs_the_same_requests(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", *SMALL_ARGS, "--num-requests", "3", "--compare", "hf", "--bandwidth", "10",
             "--matmul-tflops", "0.1", "--json", str(out)]  # fmt: skip
@@ -217,6 +223,8 @@ def test_compare_hf_runs_the_same_requests(tmp_path):
     )
     assert not result["device_rates"]["bandwidth_measured"] and result["device_rates"]["bandwidth_bytes_per_s"] == 1e10
     check_figures(result)
+    printed = capsys.readouterr().out
+    assert printed.index("timed passes") < printed.index("HF transformers' continuous batching on the same weights")
 
 
 def test_bench_errors_are_one_line(capsys):

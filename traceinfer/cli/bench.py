@@ -66,11 +66,13 @@ def pass_json(result) -> dict:
     }  # fmt: skip
 
 
-def run_benchmark(args: argparse.Namespace) -> dict:
-    """Measure the device, run our engine (and HF), compute the floor; returns the JSON-ready result."""
+def run_benchmark(args: argparse.Namespace, display=None) -> dict:
+    """Measure the device, run our engine (and HF), compute the floor; returns the JSON-ready result.
+    ``display``: a cli.progress.Display that says each stage and each pass as it ends (none: silent)."""
     from traceinfer import workloads
     from traceinfer.analysis.floor import ModelCost, physical_floor
     from traceinfer.analysis.overhead import paired_cost, probe_costs, spread_pct
+    from traceinfer.cli.progress import Display
     from traceinfer.engine import device as dev
     from traceinfer.engine.llm_engine import LLM
     from traceinfer.passes.engine import median_pass, probed_passes, warm_up
@@ -85,18 +87,28 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     engine_config = dataclasses.replace(config.engine, device=str(device), model=dev.resolve_model(config.engine.model, device))
     workload = workloads.make(config.workload, device.type == "cuda")
     spec = {k: v for k, v in workload.spec.items() if k != "kind"}
+    display = display or Display(live=False, quiet=True)
 
     # rates first, while the device is empty: the engine sizes its KV cache from free memory
+    display.phase(f"measuring {dev.device_name(device)}'s copy and matmul rates, for the run's floor")
     bandwidth = args.bandwidth * 1e9 if args.bandwidth else dev.measure_bandwidth(device)
     flops = args.matmul_tflops * 1e12 if args.matmul_tflops else dev.measure_matmul(device, dtype)
     dev.release_memory(device)
 
     counters = GpuCounters(device)  # read around each pass, ours and HF's
+    display.phase(f"loading {engine_config.model} on {device}")
     llm = LLM(config=engine_config)
     dev.freeze_gc()
     engine = llm.engine
+    display.phase("warm-up: the workload once" + (", then a full pass" if len(probe_sets) * args.repeat > 1 else ""))
     warm_up(llm, workload, full=len(probe_sets) * args.repeat > 1)
-    passes = probed_passes(llm, workload, probe_sets, args.repeat, config.probes, counters)  # [probes] settings apply
+    display.phase(f"timed passes: {args.repeat} round{'s' if args.repeat > 1 else ''} of {', '.join(probe_sets)}")
+
+    def said(i: int, count: int, result) -> None:
+        display.say(f"  pass {i + 1}/{count} ({result.details['probes']}): {result.output_tok_s:,.1f} output tok/s "
+                    f"in {result.seconds:.2f} s")  # fmt: skip
+
+    passes = probed_passes(llm, workload, probe_sets, args.repeat, config.probes, counters, on_pass=said)  # [probes] apply
     medians = {spec_name: median_pass(results) for spec_name, results in passes.items()}
     ours = medians[probe_sets[0]]
     cost = ModelCost.from_shapes(engine.model.shapes())
@@ -116,13 +128,16 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         hf_config = engine.hf_config
         del llm, engine
         dev.release_memory(device)
+        display.phase("HF transformers: loading the same weights")
         hf_model = build_hf_model(engine_config.model, hf_config, weights, device, dtype)
         del weights
+        display.phase("HF transformers' continuous batching on the same weights, one pass")
         before = counters.read()
         hf = run_hf(hf_model, device, workload.prompts, workload.params, spec["seed"])
         hf.details["gpu"] = between(before, counters.read(), hf.output_tokens)
         del hf_model
         dev.release_memory(device)
+    display.done()
     counters_note = counters.reason or "NVML: energy and clock limiters over each pass (details.gpu)"
     counters.close()
 
@@ -168,9 +183,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark, print the table, write --json; returns the exit status."""
+    from traceinfer.cli.progress import Display
     from traceinfer.render.bench_text import format_report
 
-    result = run_benchmark(args)
+    result = run_benchmark(args, Display(live=None))
     print(format_report(result))
     if args.json:
         path = Path(args.json)

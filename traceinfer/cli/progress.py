@@ -33,10 +33,12 @@ def describe(p: Progress) -> str:
 
 
 class Display:
-    """Phases and pass progress for one command; ``live``: a terminal (rich), else plain lines."""
+    """Phases and pass progress for one command; ``live``: a terminal (rich), else plain lines; ``quiet``:
+    nothing at all (a command run as a library call)."""
 
-    def __init__(self, live: bool | None = None, plain_every_s: float = 5.0) -> None:
-        self.live = sys.stdout.isatty() if live is None else live
+    def __init__(self, live: bool | None = None, plain_every_s: float = 5.0, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.live = not quiet and (sys.stdout.isatty() if live is None else live)
         self.plain_every_s = plain_every_s
         self._console = None
         self._live = None
@@ -53,6 +55,8 @@ class Display:
         self.done()
         self._phase = text
         self._t0 = time.perf_counter()
+        if self.quiet:
+            return
         if self._console is not None:
             from rich.live import Live
             from rich.text import Text
@@ -68,9 +72,16 @@ class Display:
             from rich.text import Text
 
             self._live.update(Text(f"{self._phase}: [{_fmt_s(p.elapsed_s)}] {describe(p)}"), refresh=True)
-        elif p.elapsed_s - self._last_plain >= self.plain_every_s:
+        elif not self.quiet and p.elapsed_s - self._last_plain >= self.plain_every_s:
             self._last_plain = p.elapsed_s
             print(f"  [{_fmt_s(p.elapsed_s)}] {describe(p)}", flush=True)
+
+    def say(self, text: str) -> None:
+        """A line of its own within the phase (above the live line on a terminal)."""
+        if self._console is not None:
+            self._console.print(text, highlight=False)
+        elif not self.quiet:
+            print(text, flush=True)
 
     def done(self, text: str | None = None) -> None:
         """End the current phase (a line saying how long it took, on a terminal); ``text`` replaces it."""
@@ -79,7 +90,7 @@ class Display:
             self._live = None
         if self._phase and self._console is not None:
             self._console.print(text or f"{self._phase}: {time.perf_counter() - self._t0:.1f} s", highlight=False)
-        elif text:
+        elif text and not self.quiet:
             print(text, flush=True)
         self._phase = ""
         self._last_plain = float("-inf")  # the first report prints at once

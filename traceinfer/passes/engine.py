@@ -206,19 +206,20 @@ def timed_pass(llm, workload: Workload, count_steps: bool = False) -> PassResult
 
 def probed_passes(
     llm, workload: Workload, probe_sets: Sequence[str], repeat: int = 1, options: ProbesConfig | None = None,
-    counters: GpuCounters | None = None,
+    counters: GpuCounters | None = None, on_pass: Callable[[int, int, PassResult], None] | None = None,
 ) -> dict[str, list[PassResult]]:
     """One timed pass (an offline batch) per probe set, ``repeat`` rounds, each round in rotated order (so
     no set always runs first or after the same one); each pass writes a temporary run directory, so writing
     is part of the cost. ``options``: the probes' settings (rates, ...). Returns set -> its passes, in the
     order they ran; each pass's ``details["gpu"]`` holds the GPU's counters over it (passes.gpu_counters),
-    read through ``counters`` (the caller's, left open) or counters of its own."""
+    read through ``counters`` (the caller's, left open) or counters of its own. ``on_pass(i, count, result)``
+    after each pass, between passes (a command's progress line)."""
     order = [probe_sets[(i + r) % len(probe_sets)] for r in range(repeat) for i in range(len(probe_sets))]
     passes: dict[str, list[PassResult]] = {spec: [] for spec in probe_sets}
     own = counters is None
     counters = GpuCounters(llm.engine.device) if own else counters
     try:
-        for spec in order:
+        for i, spec in enumerate(order):
             llm.engine.block_manager.reset_prefix_cache()
             session = attach(llm.engine, spec, None, options)
             try:
@@ -229,6 +230,8 @@ def probed_passes(
                 session.close()
             result.details["probes"] = spec
             passes[spec].append(result)
+            if on_pass is not None:
+                on_pass(i, len(order), result)
     finally:
         if own:
             counters.close()
