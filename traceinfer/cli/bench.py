@@ -186,7 +186,13 @@ def run(args: argparse.Namespace) -> int:
     from traceinfer.cli.progress import Display
     from traceinfer.render.bench_text import format_report
 
-    result = run_benchmark(args, Display(live=None))
+    display = Display(live=None)
+    try:
+        result = run_benchmark(args, display)
+    except BaseException:  # an error or Ctrl-C within a stage: end its line (a terminal's cursor comes back)
+        if display.phase_name:
+            display.done(f"{display.phase_name}: stopped")
+        raise
     print(format_report(result))
     if args.json:
         path = Path(args.json)

@@ -76,6 +76,11 @@ class Display:
             self._last_plain = p.elapsed_s
             print(f"  [{_fmt_s(p.elapsed_s)}] {describe(p)}", flush=True)
 
+    @property
+    def phase_name(self) -> str:
+        """The phase under way ("" between phases)."""
+        return self._phase
+
     def say(self, text: str) -> None:
         """A line of its own within the phase (above the live line on a terminal)."""
         if self._console is not None:
