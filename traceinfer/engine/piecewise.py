@@ -48,6 +48,7 @@ class PiecewiseForward:
     def __init__(self, model: CausalLM, tokens: int, pool=None, graphs: bool = True) -> None:
         dm = model.model
         self._model, self._layers, self.tokens = dm, dm.layers, tokens
+        self.num_pieces = len(dm.layers) + 1  # split around each layer's attention
         attn = dm.layers[0].self_attn
         weight = dm.embed_tokens.weight
         dev, dtype = weight.device, weight.dtype
@@ -59,7 +60,6 @@ class PiecewiseForward:
         self.hidden: torch.Tensor | None = None  # the last piece's output [tokens, H]
         self._residual: torch.Tensor | None = None  # the stream between pieces
         self._kv: tuple[torch.Tensor, torch.Tensor] | None = None  # k, v while not stored by the pieces
-        self.pieces = [self._first, *(self._between(i) for i in range(1, len(self._layers))), self._last]
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self.pool = pool
         if graphs:
@@ -73,32 +73,32 @@ class PiecewiseForward:
         self.q.copy_(q)
         self._kv = None if stored else (k, v)
 
-    def _first(self) -> None:
-        self._project(0, self._model.embed_tokens(self.input_ids), None)
-
-    def _between(self, i: int):
-        def piece() -> None:
-            x, residual = self._layers[i - 1].after_attention(self.o, self._residual)
+    def _call_piece(self, i: int) -> None:
+        """Piece i of num_pieces: the embedding and layer 0's projections, then layer i-1's output half
+        with layer i's projections, then the last layer's output half and the final norm. (An index rather
+        than a list of bound methods: such a list would make a reference cycle, and under the commands'
+        gc.freeze a dropped engine's pieces, weights and graph pool would never be freed.)"""
+        if i == 0:
+            self._project(0, self._model.embed_tokens(self.input_ids), None)
+            return
+        x, residual = self._layers[i - 1].after_attention(self.o, self._residual)
+        if i < len(self._layers):
             self._project(i, x, residual)
-
-        return piece
-
-    def _last(self) -> None:
-        x, residual = self._layers[-1].after_attention(self.o, self._residual)
-        self.hidden = self._model.norm(x, residual)[0]
+        else:
+            self.hidden = self._model.norm(x, residual)[0]
 
     # -- capture and run -------------------------------------------------------------------------
     @torch.inference_mode()
     def _capture(self) -> None:
-        for piece in self.pieces:  # warm-up: Triton compiles, cuBLAS picks its kernels (slots -1: no stores)
-            piece()
+        for i in range(self.num_pieces):  # warm-up: Triton compiles, cuBLAS picks its kernels (slots -1: no stores)
+            self._call_piece(i)
         if self._kv is not None:
             raise RuntimeError("piecewise graphs need the K/V store inside the pieces (the layers' fuse_kv_store)")
         torch.cuda.synchronize(self.q.device)
-        for piece in self.pieces:
+        for i in range(self.num_pieces):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                piece()
+                self._call_piece(i)
             self.pool = graph.pool() if self.pool is None else self.pool
             self.graphs.append(graph)
 
@@ -121,4 +121,4 @@ class PiecewiseForward:
         if self.graphs:
             self.graphs[i].replay()
         else:
-            self.pieces[i]()
+            self._call_piece(i)
