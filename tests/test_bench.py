@@ -225,6 +225,9 @@ def test_compare_hf_runs_the_same_requests(tmp_path, capsys):
     check_figures(result)
     printed = capsys.readouterr().out
     assert printed.index("timed passes") < printed.index("HF transformers' continuous batching on the same weights")
+    kv = result["hf"]["details"]["kv_cache"]  # what HF sized for itself is in the JSON and the table
+    assert kv["num_blocks"] > 0 and kv["block_size"] > 0
+    assert f"HF transformers' KV cache: {kv['num_blocks']:,} blocks of {kv['block_size']} tokens" in printed
 
 
 def test_bench_errors_are_one_line(capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def run_benchmark(args: argparse.Namespace, display=None) -> dict:
         weights = hf_state_dict(engine.model) if is_synthetic(engine.config.model) else None  # a directory: HF loads it
         hf_config = engine.hf_config
         del llm, engine
-        dev.release_memory(device)
+        gc.unfreeze()  # what freeze_gc froze with the engine is garbage now; HF sizes its cache from what is free
+        free_bytes = dev.release_memory(device)
         display.phase("HF transformers: loading the same weights")
         hf_model = build_hf_model(engine_config.model, hf_config, weights, device, dtype)
         del weights
@@ -135,6 +137,7 @@ def run_benchmark(args: argparse.Namespace, display=None) -> dict:
         before = counters.read()
         hf = run_hf(hf_model, device, workload.prompts, workload.params, spec["seed"])
         hf.details["gpu"] = between(before, counters.read(), hf.output_tokens)
+        hf.details["device_free_gb_at_load"] = None if free_bytes is None else round(free_bytes / 1e9, 2)
         del hf_model
         dev.release_memory(device)
     display.done()

@@ -127,6 +127,11 @@ def run_hf(
         "transformers": transformers.__version__,
         "attn_implementation": attn_implementation,
         "continuous_batching_config": repr(resolved) if resolved is not None else None,
+        "kv_cache": {  # as HF sized it (from the device's free memory on CUDA); block_size is page_size after 5.17
+            "num_blocks": getattr(resolved, "num_blocks", None),
+            "block_size": getattr(resolved, "page_size", None) or getattr(resolved, "block_size", None),
+            "max_batch_tokens": getattr(resolved, "max_batch_tokens", None),
+        },
         "api": "init_continuous_batching + manager.add_request(max_new_tokens=...) + get_result",
     }
     return PassResult(

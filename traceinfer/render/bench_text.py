@@ -63,6 +63,8 @@ def format_report(result: dict) -> str:
         lines.append(label.ljust(label_w) + "  " + "  ".join(c.rjust(wd) for c, wd in zip(cells, widths)))
     if hf:
         lines.append(f"traceinfer / HF output tok/s: {result['ratio_traceinfer_over_hf']:.2f}x")
+        if line := _hf_cache_line(hf["details"]):
+            lines.append(line)
     for name, r in runs:
         if g := r["details"].get("gpu"):
             lines.append(_gpu_line(name, g))
@@ -106,3 +108,17 @@ def format_report(result: dict) -> str:
         f"{100 * result['fraction_of_floor']:.1f}% of it",
     ]
     return "\n".join(lines)
+
+
+def _hf_cache_line(details: dict) -> str | None:
+    """What HF's continuous batching sized for itself: its cache sets how many requests it runs at once."""
+    kv, free = details.get("kv_cache") or {}, details.get("device_free_gb_at_load")
+    if not kv.get("num_blocks") or not kv.get("block_size"):
+        return None
+    line = (f"HF transformers' KV cache: {kv['num_blocks']:,} blocks of {kv['block_size']} tokens "
+            f"({kv['num_blocks'] * kv['block_size']:,} tokens)")  # fmt: skip
+    if kv.get("max_batch_tokens"):
+        line += f", batches of at most {kv['max_batch_tokens']:,} tokens"
+    if free is not None:
+        line += f"; {free:,.1f} GB free on the device before it loaded"
+    return line
