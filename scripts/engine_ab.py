@@ -4,6 +4,7 @@
     python scripts/engine_ab.py decode-order [--rounds 4]   decode attention longest context first, or row order
     python scripts/engine_ab.py splitk [--rounds 4]         decode batches' projections on engine/splitk, or cuBLAS
     python scripts/engine_ab.py piecewise [--rounds 4]      eager steps through piecewise CUDA graphs, or launched op by op
+    ... --num-requests 32                                   the bench workload with 32 requests: decodes at <= 32 rows
 
 Two engines side by side (synthetic:qwen3-0.6b, the bench's defaults but KV_BLOCKS blocks each, enough for the
 bench without preemption), each built with its setting (its layers and runner keep it), its CUDA graphs
@@ -50,8 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("switch", choices=SWITCHES)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--num-requests", type=int, help="the bench workload's first N requests (fewer rows a step)")
     args = parser.parse_args()
-    wl = workloads.make(WorkloadConfig(name="bench"), True)
+    wl = workloads.make(WorkloadConfig(name="bench", num_requests=args.num_requests), True)
     engines = {on: build(args.switch, on) for on in (True, False)}
     freeze_gc()
     for llm in engines.values():
