@@ -1,6 +1,6 @@
 """engine/splitk: the split-K decode-batch linear layer's Triton kernel against F.linear, on CPU under
 TRITON_INTERPRET=1 (float32). Its bf16 checks and timings against cuBLAS are for the GPU (scripts/gemv_bench.py
---splitk); the layers leave it off (models.common.SPLITK): on the H200 bench it was not resolved from cuBLAS."""
+--splitk); the layers leave it off by default (models.common.SPLITK)."""
 
 from __future__ import annotations
 
