@@ -179,6 +179,29 @@ def test_a_launch_that_waits_for_the_gpu_is_named_with_the_idle_it_causes():
     assert host_waits_in_forward(RunData({"engine": {"device": "cpu"}}, {"steps": on_cpu}, wall_s)) is None
 
 
+def test_prefill_stalls_advise_piecewise_graphs_only_where_they_are_off():
+    """The H200 bench of 2026-12-01 with piecewise graphs on still got 'or capture graphs that cover mixed
+    steps': the action reads the manifest's kernels and says what is left when they are on."""
+    import pandas as pd
+
+    from traceinfer.analysis.findings import RunData, prefill_stalls
+    from traceinfer.rundir.schema import stream
+
+    n = 100
+    steps = pd.DataFrame({c: [None] * n for c in stream("steps").names}).assign(
+        step=range(n), dur_ns=5_000_000, num_decode_seqs=64, num_prefill_tokens=0, token_budget=8192)  # fmt: skip
+    steps.loc[range(0, 100, 10), ["dur_ns", "num_prefill_tokens"]] = [20_000_000, 8000]
+    wall_s = 0.65
+    kernels = {"piecewise_graph_tokens": [256, 512, 1024, 2048, 4096, 8192]}
+    on = prefill_stalls(RunData({"engine": {"device": "cuda", "kernels": kernels}}, {"steps": steps}, wall_s))
+    assert on.evidence["mixed_steps"] == 10 and on.evidence["piecewise_graph_tokens"] == kernels["piecewise_graph_tokens"]
+    assert "already replay piecewise CUDA graphs" in on.action and "run them as piecewise" not in on.action
+    off = prefill_stalls(RunData({"engine": {"device": "cuda", "kernels": {"piecewise_graph_tokens": []}}},
+                                 {"steps": steps}, wall_s))  # fmt: skip
+    assert off.evidence["piecewise_graph_tokens"] is None and "run them as piecewise CUDA graphs" in off.action
+    assert off.explains_s == on.explains_s > 0
+
+
 def test_an_nsys_capture_names_the_gaps_inside_a_graph_and_the_largest_kernels():
     """With the host off the critical path (the H200 at batch 1: 3% idle between forwards), what is left is
     the forward: the idle between a graph's nodes is a finding of its own, and compute_bound names the

@@ -319,6 +319,7 @@ def prefill_stalls(d: RunData) -> Finding | None:
     stall_s = float((extra * mixed["num_decode_seqs"]).sum()) / 1e9 / max(float(steps["num_decode_seqs"].mean()), 1.0)
     if stall_s < 0.05 * d.wall_s:
         return None
+    pieces = (d.manifest.get("engine", {}).get("kernels") or {}).get("piecewise_graph_tokens") or None
     return Finding(
         "prefill_stalls",
         f"Prefill chunks stretch the decode steps they ride in: {len(mixed):,} mixed steps, median "
@@ -328,9 +329,13 @@ def prefill_stalls(d: RunData) -> Finding | None:
         {"mixed_steps": int(len(mixed)), "mixed_step_median_ms": _ms(mixed["dur_ns"].median()),
          "decode_step_median_ms": _ms(typical), "prefill_tokens_median": float(mixed["num_prefill_tokens"].median()),
          "token_budget": int(steps["token_budget"].dropna().iloc[0]) if steps["token_budget"].notna().any() else None,
-         "source": "steps.dur_ns, steps.num_prefill_tokens, steps.num_decode_seqs"},  # fmt: skip
-        "Lower max_num_batched_tokens so prefills come in smaller chunks beside the decodes (chunked prefill on), "
-        "or capture graphs that cover mixed steps.",
+         "piecewise_graph_tokens": pieces,
+         "source": "steps.dur_ns, steps.num_prefill_tokens, steps.num_decode_seqs, "
+                   "manifest engine.kernels.piecewise_graph_tokens"},  # fmt: skip
+        "Lower max_num_batched_tokens so prefills come in smaller chunks beside the decodes (chunked prefill on)"
+        + ("; these steps already replay piecewise CUDA graphs, so what stretches them is the prefill's own GPU work."
+           if pieces else
+           ", or run them as piecewise CUDA graphs (piecewise_graphs, with CUDA graphs and the triton backend)."),
     )
 
 
