@@ -1,6 +1,6 @@
 """engine/splitk on a CUDA device: bf16 and fp16 against the float32 product, the same bits run after run and,
-under one config, whatever the row count beside a row, the tile counters back at zero, capture in a CUDA graph, and the model's
-logits with it as without it (bf16)."""
+under one config, whatever the row count beside a row, the tile counters back at zero, capture in a CUDA graph,
+and the model's logits with it as without it (bf16)."""
 
 from __future__ import annotations
 

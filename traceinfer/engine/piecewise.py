@@ -73,7 +73,7 @@ class PiecewiseForward:
         self.q.copy_(q)
         self._kv = None if stored else (k, v)
 
-    def _call_piece(self, i: int) -> None:
+    def _piece_ops(self, i: int) -> None:
         """Piece i of num_pieces: the embedding and layer 0's projections, then layer i-1's output half
         with layer i's projections, then the last layer's output half and the final norm. (An index rather
         than a list of bound methods: such a list would make a reference cycle, and under the commands'
@@ -91,14 +91,14 @@ class PiecewiseForward:
     @torch.inference_mode()
     def _capture(self) -> None:
         for i in range(self.num_pieces):  # warm-up: Triton compiles, cuBLAS picks its kernels (slots -1: no stores)
-            self._call_piece(i)
+            self._piece_ops(i)
         if self._kv is not None:
             raise RuntimeError("piecewise graphs need the K/V store inside the pieces (the layers' fuse_kv_store)")
         torch.cuda.synchronize(self.q.device)
         for i in range(self.num_pieces):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool):
-                self._call_piece(i)
+                self._piece_ops(i)
             self.pool = graph.pool() if self.pool is None else self.pool
             self.graphs.append(graph)
 
@@ -121,4 +121,4 @@ class PiecewiseForward:
         if self.graphs:
             self.graphs[i].replay()
         else:
-            self._call_piece(i)
+            self._piece_ops(i)
