@@ -202,6 +202,29 @@ def test_prefill_stalls_advise_piecewise_graphs_only_where_they_are_off():
     assert off.explains_s == on.explains_s > 0
 
 
+def test_host_gaps_in_a_capture_that_traced_graph_nodes_say_so():
+    """The H200 at batch 1 under `profile --nsys`: 0.93 ms to launch each replay with graph nodes traced, GPU
+    idle 9% between forwards, a token every 1.82 ms; without nsys, 1.16 ms. The finding keeps its figures
+    and says to check the gaps without the capture."""
+    import pandas as pd
+
+    from traceinfer.analysis.findings import RunData, host_bound_gaps
+    from traceinfer.rundir.schema import stream
+
+    n, manifest = 100, {"engine": {"device": "cuda"}}
+    steps = pd.DataFrame({c: [None] * n for c in stream("steps").names}).assign(
+        step=range(n), dur_ns=1_800_000, prepare_ns=400_000, gpu_gap_ns=200_000.0, cuda_graph=True)  # fmt: skip
+    wall_s = n * 1.8e-3
+    plain = host_bound_gaps(RunData(manifest, {"steps": steps}, wall_s))
+    node = host_bound_gaps(RunData(manifest, {"steps": steps}, wall_s, extras={"gpu_trace": {"graph_trace": "node"}}))
+    assert plain.explains_s == node.explains_s == pytest.approx(0.02)
+    assert not plain.evidence["nsys_graph_nodes_traced"] and "nsys" not in plain.action
+    assert node.evidence["nsys_graph_nodes_traced"] and "without --nsys" in node.action
+    eager = steps.assign(cuda_graph=False)  # no graph replayed: node tracing changed no launch
+    assert "nsys" not in host_bound_gaps(RunData(manifest, {"steps": eager}, wall_s,
+                                                 extras={"gpu_trace": {"graph_trace": "node"}})).action  # fmt: skip
+
+
 def test_an_nsys_capture_names_the_gaps_inside_a_graph_and_the_largest_kernels():
     """With the host off the critical path (the H200 at batch 1: 3% idle between forwards), what is left is
     the forward: the idle between a graph's nodes is a finding of its own, and compute_bound names the

@@ -107,15 +107,21 @@ def host_bound_gaps(d: RunData) -> Finding | None:
         return None
     parts = {stage: float(steps[f"{stage}_ns"].fillna(0).sum()) / 1e9 for stage in ("schedule", "prepare", "postprocess")}
     worst = max(parts, key=parts.get)
+    # nsys tracing each graph node makes every replay's launch longer on the host (CUPTI's graph-level records
+    # exist to avoid that cost): at batch 1 on the H200 that alone opened gaps no unprofiled run had.
+    node_traced = d.gpu_trace.get("graph_trace") == "node" and bool(steps["cuda_graph"].fillna(False).astype(bool).any())
     return Finding(
         "host_bound_gaps",
         f"The GPU waits for the host: idle {100 * idle_s / d.wall_s:.0f}% of the run between forwards",
         _severity(idle_s, d.wall_s),
         idle_s,
         {"gpu_idle_s": idle_s, "wall_s": d.wall_s, "median_gap_ms": _ms(gaps.median()),
-         "host_stage_s": parts, "largest_host_stage": worst, "source": "steps.gpu_gap_ns, steps.<stage>_ns"},  # fmt: skip
+         "host_stage_s": parts, "largest_host_stage": worst, "nsys_graph_nodes_traced": node_traced,
+         "source": "steps.gpu_gap_ns, steps.<stage>_ns, steps.cuda_graph, nsys_stats.json graph_trace"},  # fmt: skip
         f"Overlap the next step's host work with the forward (async scheduling) and shorten {worst}: "
-        "persistent pinned input buffers, fewer Python objects per token.",
+        "persistent pinned input buffers, fewer Python objects per token."
+        + (" This run was captured by nsys tracing every CUDA graph node, which lengthens each graph launch on "
+           "the host: see whether the gaps stay in a run without --nsys before acting on them." if node_traced else ""),
     )
 
 
