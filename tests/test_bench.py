@@ -228,6 +228,14 @@ def test_compare_hf_runs_the_same_requests(tmp_path, capsys):
     kv = result["hf"]["details"]["kv_cache"]  # what HF sized for itself is in the JSON and the table
     assert kv["num_blocks"] > 0 and kv["block_size"] > 0
     assert f"HF transformers' KV cache: {kv['num_blocks']:,} blocks of {kv['block_size']} tokens" in printed
+    # on CUDA the free memory HF sized its cache from: a device half taken is called out (2026-12-01's H200 run)
+    details = result["hf"]["details"]
+    details.update(kv_cache={"num_blocks": 226, "block_size": 256, "max_batch_tokens": 5804},
+                   device_free_gb_at_load=60.4, device_total_gb=150.0)  # fmt: skip
+    assert ("226 blocks of 256 tokens (57,856 tokens), batches of at most 5,804 tokens; 60.4 GB free on the device "
+            "before it loaded, of 150.0 GB: something else held the rest") in format_report(result)
+    details.update(device_free_gb_at_load=148.2)
+    assert "148.2 GB free on the device before it loaded\n" in format_report(result)
 
 
 def test_bench_errors_are_one_line(capsys):

@@ -129,7 +129,7 @@ def run_benchmark(args: argparse.Namespace, display=None) -> dict:
         hf_config = engine.hf_config
         del llm, engine
         gc.unfreeze()  # what freeze_gc froze with the engine is garbage now; HF sizes its cache from what is free
-        free_bytes = dev.release_memory(device)
+        memory = dev.release_memory(device)  # (free, total) bytes on CUDA
         display.phase("HF transformers: loading the same weights")
         hf_model = build_hf_model(engine_config.model, hf_config, weights, device, dtype)
         del weights
@@ -137,7 +137,8 @@ def run_benchmark(args: argparse.Namespace, display=None) -> dict:
         before = counters.read()
         hf = run_hf(hf_model, device, workload.prompts, workload.params, spec["seed"])
         hf.details["gpu"] = between(before, counters.read(), hf.output_tokens)
-        hf.details["device_free_gb_at_load"] = None if free_bytes is None else round(free_bytes / 1e9, 2)
+        if memory is not None:
+            hf.details["device_free_gb_at_load"], hf.details["device_total_gb"] = (round(b / 1e9, 2) for b in memory)
         del hf_model
         dev.release_memory(device)
     display.done()

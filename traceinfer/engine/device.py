@@ -113,14 +113,14 @@ def measure_matmul(device: torch.device, dtype: torch.dtype, n: int | None = Non
     return 2.0 * n**3 / seconds
 
 
-def release_memory(device: torch.device) -> int | None:
+def release_memory(device: torch.device) -> tuple[int, int] | None:
     """Collect garbage and hand the caching allocator's free blocks back to the device; returns the device's
-    free bytes then (None on a CPU)."""
+    (free, total) bytes then (None on a CPU)."""
     gc.collect()
     if device.type != "cuda":
         return None
     torch.cuda.empty_cache()
-    return torch.cuda.mem_get_info(device)[0]
+    return torch.cuda.mem_get_info(device)
 
 
 def device_name(device: torch.device) -> str:

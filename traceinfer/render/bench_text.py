@@ -111,7 +111,9 @@ def format_report(result: dict) -> str:
 
 
 def _hf_cache_line(details: dict) -> str | None:
-    """What HF's continuous batching sized for itself: its cache sets how many requests it runs at once."""
+    """What HF's continuous batching sized for itself: its cache sets how many requests it runs at once. On
+    CUDA HF sizes it from the free memory, so a device half taken (another process, or our dropped engine
+    still held, as on 2026-12-01) makes HF slower and the ratio unfair: the line says so."""
     kv, free = details.get("kv_cache") or {}, details.get("device_free_gb_at_load")
     if not kv.get("num_blocks") or not kv.get("block_size"):
         return None
@@ -121,4 +123,8 @@ def _hf_cache_line(details: dict) -> str | None:
         line += f", batches of at most {kv['max_batch_tokens']:,} tokens"
     if free is not None:
         line += f"; {free:,.1f} GB free on the device before it loaded"
+        total = details.get("device_total_gb")
+        if total and free < 0.5 * total:
+            line += (f", of {total:,.1f} GB: something else held the rest, so HF's cache is smaller than on an idle "
+                     "device and the ratio flatters traceinfer")  # fmt: skip
     return line
