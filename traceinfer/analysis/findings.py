@@ -109,7 +109,8 @@ def host_bound_gaps(d: RunData) -> Finding | None:
     worst = max(parts, key=parts.get)
     # nsys tracing each graph node makes every replay's launch longer on the host (CUPTI's graph-level records
     # exist to avoid that cost): at batch 1 on the H200 that alone opened gaps no unprofiled run had.
-    node_traced = d.gpu_trace.get("graph_trace") == "node" and bool(steps["cuda_graph"].fillna(False).astype(bool).any())
+    replayed = bool(steps["cuda_graph"].fillna(False).astype(bool).any())
+    node_traced = replayed and d.gpu_trace.get("graph_trace") == "node"
     return Finding(
         "host_bound_gaps",
         f"The GPU waits for the host: idle {100 * idle_s / d.wall_s:.0f}% of the run between forwards",

@@ -15,10 +15,10 @@ their shape and row count (scripts/gemv_bench.py --splitk finds them). On the H2
 cuBLAS by 1.05-1.33x on the o and down projections at 16 and 64 rows. The bench's 256 requests gained
 +0.11..+0.57% in four paired rounds (scripts/engine_ab.py splitk), inside the passes' +-0.4%: not resolved;
 its first 32 and 64 requests gained +1.6% and +1.1% (medians of 12 paired rounds, every round ahead). SPLITK
-stays False until the GPU suite and the bench against HF have run with it on by default. A variant with silu(gate) * up made in the down projection's loads was measured and
-removed: every output tile recomputed the activations, 0.63x silu_and_mul + cuBLAS at 16 rows, 0.07x at
-256. Launch grids depend on shapes only: the op can be captured in a CUDA graph. Set TRITON_INTERPRET=1 to
-run it on CPU tensors (float32).
+stays False until the GPU suite and the bench against HF have run with it on by default. A variant with
+silu(gate) * up made in the down projection's loads was measured and removed: every output tile recomputed
+the activations, 0.63x silu_and_mul + cuBLAS at 16 rows, 0.07x at 256. Launch grids depend on shapes only:
+the op can be captured in a CUDA graph. Set TRITON_INTERPRET=1 to run it on CPU tensors (float32).
 """
 
 from __future__ import annotations
