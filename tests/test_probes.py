@@ -305,6 +305,43 @@ def test_host_reader_rows_follow_the_stream_schema():
     assert row["rss_bytes"] > 0 and row["num_threads"] >= 1 and row["cpu_percent"] >= 0 and row["cpu_user_s"] > 0
 
 
+def test_the_sampler_process_never_reads_half_a_step():
+    """The engine writes step after step into the cell while another process reads it as the sampler does:
+    every read is a step that was written, in order. (Packed with struct.pack_into, about one read in 10,000
+    saw the zero-filled cell between the two halves of a write: step 0 in a run at step 30.)"""
+    cell = StepCell()
+    first = 1_000
+    code = f"""
+import os, sys, time
+sys.path.insert(0, {os.path.dirname(sampler_process.__file__)!r})
+from sampler_process import NO_STEP, map_step_cell
+_, value = map_step_cell(os.open({cell.path!r}, os.O_RDWR))
+bad, last, reads = [], NO_STEP, 0
+print("ready", flush=True)
+end = time.monotonic() + 1.0
+while time.monotonic() < end:
+    for _ in range(1000):
+        step = value.value
+        if step != NO_STEP and (step < {first} or step < last):
+            bad.append((last, step))
+        last = step
+    reads += 1000
+print(reads, bad[:5], flush=True)
+"""
+    try:
+        proc = subprocess.Popen([sys.executable, "-I", "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "ready\n"
+        step = first
+        while proc.poll() is None:
+            for _ in range(1000):
+                cell("step", "B", 0, {"step": step})
+                step += 1
+        reads, bad = proc.stdout.read().split(" ", 1)
+        assert int(reads) > 100_000 and bad.strip() == "[]"
+    finally:
+        cell.close()
+
+
 def test_the_sampler_process_ends_when_the_engine_process_dies(tmp_path):
     """The engine's process spawns the sampler and dies without a word: end of stdin ends the sampler."""
     pytest.importorskip("psutil")

@@ -20,20 +20,28 @@ traceinfer.probes.rundir.STREAMS (checked by the tests).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import mmap
 import os
 import select
 import signal
-import struct
 import sys
 import time
 from collections.abc import Callable
 
 PCIE_MIN_INTERVAL_NS = 500_000_000
 WRITE_INTERVAL_S = 0.5
-NO_STEP = -1
-STEP = struct.Struct("<q")  # the shared step cell: little-endian int64, NO_STEP before the first step
+NO_STEP = -1  # the step cell before the first step
+
+
+def map_step_cell(fd: int) -> tuple[mmap.mmap, ctypes.c_int64]:
+    """The shared step cell over the 8-byte file open at ``fd``: a native int64 at the start of the mapping.
+    The engine's process writes it and this one reads it, each in one aligned 8-byte access, so a read never
+    sees half a write. (``struct.pack_into`` zero-fills the bytes before it packs them: a sampler reading in
+    between saw step 0.) Drop the int64 before closing the mapping: it holds the mapping's buffer."""
+    cell_map = mmap.mmap(fd, ctypes.sizeof(ctypes.c_int64))
+    return cell_map, ctypes.c_int64.from_buffer(cell_map)
 
 
 class GpuReader:
@@ -149,9 +157,9 @@ class Sampler:
         self.written = {"host_samples.jsonl": 0, "gpu_samples.jsonl": 0}
         self.samples = self.errors = 0
         self.last_error: str | None = None
-        fd = os.open(args.step_file, os.O_RDONLY)
+        fd = os.open(args.step_file, os.O_RDWR)  # a ctypes view needs a writable mapping; only the engine writes
         try:
-            self.cell = mmap.mmap(fd, STEP.size, prot=mmap.PROT_READ)
+            self.cell_map, self.cell = map_step_cell(fd)
         finally:
             os.close(fd)
 
@@ -164,7 +172,7 @@ class Sampler:
 
     def sample(self) -> None:
         t = time.perf_counter_ns()  # CLOCK_MONOTONIC: the engine process's perf_counter_ns clock
-        step = STEP.unpack_from(self.cell)[0]
+        step = self.cell.value
         step = None if step == NO_STEP else step
         try:
             if self.host is not None:

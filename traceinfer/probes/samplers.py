@@ -10,13 +10,12 @@ A field the GPU does not support is null, never 0.
 
 from __future__ import annotations
 
-import mmap
 import os
 import tempfile
 
 from traceinfer.probes import sampler_process
 from traceinfer.probes.base import Probe, ProbeContext
-from traceinfer.probes.sampler_process import NO_STEP, STEP
+from traceinfer.probes.sampler_process import NO_STEP, map_step_cell
 from traceinfer.rundir.helper_process import HelperProcess
 
 
@@ -38,16 +37,18 @@ class StepCell:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         fd, self.path = tempfile.mkstemp(prefix="traceinfer-step-", dir=shm)
         try:
-            os.write(fd, STEP.pack(NO_STEP))
-            self.map = mmap.mmap(fd, STEP.size)
+            os.ftruncate(fd, 8)
+            self.map, self.value = map_step_cell(fd)
         finally:
             os.close(fd)
+        self.value.value = NO_STEP
 
     def __call__(self, point: str, phase: str, t_ns: int, fields: dict) -> None:  # subscribed to 'step'
         if phase == "B":
-            STEP.pack_into(self.map, 0, fields.get("step", NO_STEP))
+            self.value.value = fields.get("step", NO_STEP)
 
     def close(self) -> None:
+        self.value = None  # releases the mapping's buffer
         self.map.close()
         try:
             os.unlink(self.path)
