@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from traceinfer.analysis import kv, requests, source_refs, steps
+from traceinfer.analysis import as_mask, kv, requests, source_refs, steps
 from traceinfer.analysis.latency import percentile, summarize
 from traceinfer.analysis.source_refs import SourceRef
 from traceinfer.analysis.summary import STAGE_COLUMNS, gc_summary, graph_coverage, step_split
@@ -618,7 +618,7 @@ def token_generation(manifest: dict, frames: dict[str, pd.DataFrame], run_dir: s
             first, last = int(step_rows["step"].min()), int(step_rows["step"].max())
             index = pd.RangeIndex(first - 1, last + 1)
             by_step = step_rows.set_index("step")
-            gc_steps = (set(gc_rows.loc[gc_rows["in_step"].fillna(False).astype(bool), "step"].dropna().astype(int))
+            gc_steps = (set(gc_rows.loc[as_mask(gc_rows["in_step"]), "step"].dropna().astype(int))
                         if gc_rows is not None and len(gc_rows) else set())  # fmt: skip
             flags = {
                 "prefill": by_step["num_prefill_tokens"].fillna(0) > 0,
@@ -677,7 +677,7 @@ def token_generation(manifest: dict, frames: dict[str, pd.DataFrame], run_dir: s
         s.fig("gc_max_ms", g["max_ms"], "ms", "gc: dur_ns, max")
         s.fig("gc_in_step", g["in_step"], "count", "gc: in_step")
         if _rows(step_rows):
-            in_step = gc_rows[gc_rows["in_step"].fillna(False).astype(bool)]
+            in_step = gc_rows[as_mask(gc_rows["in_step"])]
             gc_step_share = s.fig("gc_share_of_step_time",
                                   _ratio(float(in_step["dur_ns"].sum()), float(step_rows["dur_ns"].sum())), "fraction",
                                   "gc: dur_ns inside steps / steps: dur_ns")  # fmt: skip

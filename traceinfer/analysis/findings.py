@@ -31,6 +31,7 @@ from typing import Literal
 
 import pandas as pd
 
+from traceinfer.analysis import as_mask
 from traceinfer.analysis.derived import Derived
 from traceinfer.analysis.gpu_trace import INSIDE_LAUNCH
 from traceinfer.analysis.phases import phase_at
@@ -109,7 +110,7 @@ def host_bound_gaps(d: RunData) -> Finding | None:
     worst = max(parts, key=parts.get)
     # nsys tracing each graph node makes every replay's launch longer on the host (CUPTI's graph-level records
     # exist to avoid that cost): at batch 1 on the H200 that alone opened gaps no unprofiled run had.
-    replayed = bool(steps["cuda_graph"].fillna(False).astype(bool).any())
+    replayed = bool(as_mask(steps["cuda_graph"]).any())
     node_traced = replayed and d.gpu_trace.get("graph_trace") == "node"
     return Finding(
         "host_bound_gaps",
@@ -200,7 +201,7 @@ def host_waits_in_forward(d: RunData) -> Finding | None:
         return None
     w = s[waited]
     launch_ms, gpu_ms = _ms(w["forward_ns"].median()), _ms(w["gpu_forward_ns"].median())
-    eager = int((~w["cuda_graph"].fillna(False).astype(bool)).sum())
+    eager = int((~as_mask(w["cuda_graph"])).sum())
     prefill = int((w["num_prefill_tokens"].fillna(0) > 0).sum())
     return Finding(
         "host_waits_in_forward",
@@ -255,11 +256,11 @@ def gc_pauses(d: RunData) -> Finding | None:
     if pause_s < 0.01 * d.wall_s:
         return None
     evidence = {"collections": int(len(gc)), "pause_s": pause_s, "longest_ms": _ms(gc["dur_ns"].max()),
-                "in_steps": int(gc["in_step"].fillna(False).astype(bool).sum()),
+                "in_steps": int(as_mask(gc["in_step"]).sum()),
                 "by_generation": {int(k): int(v) for k, v in gc["generation"].value_counts().sort_index().items()},
                 "source": "gc.dur_ns, gc.step"}  # fmt: skip
     if not steps.empty and not tokens.empty:
-        hit = set(gc.loc[gc["in_step"].fillna(False).astype(bool), "step"].dropna().astype(int))
+        hit = set(gc.loc[as_mask(gc["in_step"]), "step"].dropna().astype(int))
         itl = d.derived.inter_token_latencies
         in_gc = itl["step"].isin(hit)
         with_gc, without = itl.loc[in_gc, "itl_ms"], itl.loc[~in_gc, "itl_ms"]
@@ -282,10 +283,10 @@ def eager_decode(d: RunData) -> Finding | None:
     if not d.on_cuda or steps.empty:
         return None
     decode = steps[(steps["num_prefill_tokens"].fillna(0) == 0) & steps["forward_ns"].notna()]
-    eager = decode[decode["cuda_graph"].fillna(False).astype(bool) == False]  # noqa: E712
+    eager = decode[~as_mask(decode["cuda_graph"])]
     if eager.empty:
         return None
-    graphs = decode[decode["cuda_graph"].fillna(False).astype(bool)]
+    graphs = decode[as_mask(decode["cuda_graph"])]
     enforce = bool(d.manifest.get("engine", {}).get("config", {}).get("enforce_eager"))
     # what a graph replay would have cost instead: the graph steps' median host time, or none measured
     baseline_ns = float(graphs["dur_ns"].median()) if len(graphs) else None

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from traceinfer.analysis import as_mask
 from traceinfer.analysis.derived import Derived
 from traceinfer.analysis.findings import Finding, RunData, find
 from traceinfer.analysis.floor import run_floor
@@ -259,7 +260,7 @@ def use_table(manifest: dict, frames: dict, summary: RunSummary, wall_s: float, 
     # GC
     if "gc" in frames and wall_s:
         pause = float(gc["dur_ns"].sum()) / 1e9 if not gc.empty else 0.0
-        in_steps = int(gc["in_step"].fillna(False).astype(bool).sum()) if not gc.empty else 0
+        in_steps = int(as_mask(gc["in_step"]).sum()) if not gc.empty else 0
         rows.append(UseRow(
             "Garbage collector",
             Cell(f"{_pct(pause / wall_s)} of the run paused ({len(gc)} collections)", pause / wall_s, "gc.dur_ns"),
@@ -372,7 +373,7 @@ def gc_threads_section(manifest: dict, frames: dict, summary: RunSummary) -> dic
     steps, gc, threads = _frame(frames, "steps"), _frame(frames, "gc"), _frame(frames, "thread_samples")
     out: dict = {"gc": summary.gc}
     if not gc.empty and not steps.empty:
-        hit = gc[gc["in_step"].fillna(False).astype(bool)]["step"].dropna().astype(int)
+        hit = gc[as_mask(gc["in_step"])]["step"].dropna().astype(int)
         with_gc = steps[steps["step"].isin(set(hit))]["dur_ns"]
         without = steps[~steps["step"].isin(set(hit))]["dur_ns"]
         out["steps_with_gc_ms"] = float(with_gc.median()) / 1e6 if len(with_gc) else None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from traceinfer.analysis import kv, steps
+from traceinfer.analysis import as_mask, kv, steps
 from traceinfer.analysis.derived import Derived
 from traceinfer.analysis.latency import summarize
 
@@ -80,7 +80,7 @@ def gc_summary(gc: pd.DataFrame) -> dict:
         "count": int(len(gc)),
         "total_ms": float(pauses.sum()),
         "max_ms": float(pauses.max()) if len(gc) else None,
-        "in_step": int(gc["in_step"].fillna(False).astype(bool).sum()),
+        "in_step": int(as_mask(gc["in_step"]).sum()),
         "by_generation": {int(g): int(c) for g, c in gc["generation"].value_counts().sort_index().items()},
     }
 
@@ -88,7 +88,7 @@ def gc_summary(gc: pd.DataFrame) -> dict:
 def graph_coverage(step_rows: pd.DataFrame) -> dict:
     """Decode-only steps (no prefill tokens) and how many of them replayed a CUDA graph."""
     decode_only = step_rows[(step_rows["num_prefill_tokens"].fillna(0) == 0) & step_rows["forward_ns"].notna()]
-    graphs = int(decode_only["cuda_graph"].fillna(False).astype(bool).sum())
+    graphs = int(as_mask(decode_only["cuda_graph"]).sum())
     return {
         "decode_only_steps": int(len(decode_only)),
         "graph_steps": graphs,
