@@ -7,6 +7,7 @@ import gc
 import json
 import time
 
+import pandas as pd
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from traceinfer.cli import main
 from traceinfer.config import ProbesConfig, WorkloadConfig
 from traceinfer.passes.engine import run_workload
 from traceinfer.probes import attach
+from traceinfer.rundir.schema import stream
 from traceinfer.workloads import make
 
 PLANTED = {"gc_pauses", "kv_preemptions", "eager_decode", "host_stage_schedule"}
@@ -130,8 +132,6 @@ def test_on_a_gpu_a_host_stage_explains_at_most_the_gpus_idle_time():
     """With async scheduling the host prepares the next step while the GPU runs this one: a long prepare
     costs the run only the GPU's idle time between forwards (the H200's batch-1 report of 2026-12-01 put
     'prepare takes 22% of the run' first while the GPU waited 3% of it)."""
-    import pandas as pd
-
     from traceinfer.analysis.findings import RunData, host_stage
 
     n = 100
@@ -148,16 +148,18 @@ def test_on_a_gpu_a_host_stage_explains_at_most_the_gpus_idle_time():
     assert host_stage(on_cpu).explains_s == pytest.approx(0.03)
 
 
+def steps_frame(n: int, **columns) -> pd.DataFrame:
+    """n rows of the steps stream: every column null but ``columns`` (values or per-row lists)."""
+    return pd.DataFrame({c: [None] * n for c in stream("steps").names}).assign(**columns)
+
+
 def test_a_launch_that_waits_for_the_gpu_is_named_with_the_idle_it_causes():
     """The H200 bench of 2026-12-01: the eager mixed steps' launch lasted their GPU work (24.6 ms; a copy
     from pageable memory waited for the forward), so the next step's prepare ran with the GPU idle."""
-    import pandas as pd
-
     from traceinfer.analysis.findings import RunData, host_waits_in_forward
-    from traceinfer.rundir.schema import stream
 
     n, manifest = 100, {"engine": {"device": "cuda"}}
-    steps = pd.DataFrame({c: [None] * n for c in stream("steps").names}).assign(
+    steps = steps_frame(n,
         step=range(n), dur_ns=5_000_000, forward_ns=800_000, gpu_forward_ns=4_800_000, gpu_gap_ns=20_000.0,
         cuda_graph=True, num_prefill_tokens=0)  # fmt: skip
     waits = [10, 11, 12, 13, 14]  # eager mixed steps whose launch took their GPU time
@@ -182,13 +184,10 @@ def test_a_launch_that_waits_for_the_gpu_is_named_with_the_idle_it_causes():
 def test_prefill_stalls_advise_piecewise_graphs_only_where_they_are_off():
     """The H200 bench of 2026-12-01 with piecewise graphs on still got 'or capture graphs that cover mixed
     steps': the action reads the manifest's kernels and says what is left when they are on."""
-    import pandas as pd
-
     from traceinfer.analysis.findings import RunData, prefill_stalls
-    from traceinfer.rundir.schema import stream
 
     n = 100
-    steps = pd.DataFrame({c: [None] * n for c in stream("steps").names}).assign(
+    steps = steps_frame(n,
         step=range(n), dur_ns=5_000_000, num_decode_seqs=64, num_prefill_tokens=0, token_budget=8192)  # fmt: skip
     steps.loc[range(0, 100, 10), ["dur_ns", "num_prefill_tokens"]] = [20_000_000, 8000]
     wall_s = 0.65
@@ -206,13 +205,10 @@ def test_host_gaps_in_a_capture_that_traced_graph_nodes_say_so():
     """The H200 at batch 1 under `profile --nsys`: 0.93 ms to launch each replay with graph nodes traced, GPU
     idle 9% between forwards, a token every 1.82 ms; without nsys, 1.16 ms. The finding keeps its figures
     and says to check the gaps without the capture."""
-    import pandas as pd
-
     from traceinfer.analysis.findings import RunData, host_bound_gaps
-    from traceinfer.rundir.schema import stream
 
     n, manifest = 100, {"engine": {"device": "cuda"}}
-    steps = pd.DataFrame({c: [None] * n for c in stream("steps").names}).assign(
+    steps = steps_frame(n,
         step=range(n), dur_ns=1_800_000, prepare_ns=400_000, gpu_gap_ns=200_000.0, cuda_graph=True)  # fmt: skip
     wall_s = n * 1.8e-3
     plain = host_bound_gaps(RunData(manifest, {"steps": steps}, wall_s))
@@ -229,14 +225,11 @@ def test_an_nsys_capture_names_the_gaps_inside_a_graph_and_the_largest_kernels()
     """With the host off the critical path (the H200 at batch 1: 3% idle between forwards), what is left is
     the forward: the idle between a graph's nodes is a finding of its own, and compute_bound names the
     kernels that take the GPU's time."""
-    import pandas as pd
-
     from traceinfer.analysis.findings import RunData, compute_bound, find
     from traceinfer.analysis.gpu_trace import INSIDE_LAUNCH
-    from traceinfer.rundir.schema import stream
 
     n = 100
-    steps = pd.DataFrame({c: [None] * n for c in stream("steps").names}).assign(
+    steps = steps_frame(n,
         step=range(n), t_ns=[i * 1_450_000 for i in range(n)], dur_ns=1_450_000, schedule_ns=10_000,
         prepare_ns=30_000, postprocess_ns=10_000, handover_ns=5_000, other_ns=20_000, gpu_gap_ns=2_000.0,
         forward_ns=500_000, sample_ns=100_000, gpu_forward_ns=1_400_000, num_preempted=0, cuda_graph=True,
