@@ -101,8 +101,9 @@ def run_benchmark(args: argparse.Namespace, display=None) -> dict:
     llm = LLM(config=engine_config)
     dev.freeze_gc()
     engine = llm.engine
-    display.phase("warm-up: the workload once" + (", then a full pass" if len(probe_sets) * args.repeat > 1 else ""))
-    warm_up(llm, workload, full=len(probe_sets) * args.repeat > 1)
+    full = len(probe_sets) * args.repeat > 1  # passes to compare: a full warm-up so the first does not lag
+    display.phase("warm-up: the workload once" + (", then a full pass" if full else ""))
+    warm_up(llm, workload, full=full)
     display.phase(f"timed passes: {args.repeat} round{'s' if args.repeat > 1 else ''} of {', '.join(probe_sets)}")
 
     def said(i: int, count: int, result) -> None:
