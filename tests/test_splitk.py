@@ -1,6 +1,6 @@
 """engine/splitk: the split-K decode-batch linear layer's Triton kernel against F.linear, on CPU under
 TRITON_INTERPRET=1 (float32). Its bf16 checks and timings against cuBLAS are for the GPU (scripts/gemv_bench.py
---splitk); the layers leave it off by default (models.common.SPLITK)."""
+--splitk); the layers take it by default (models.common.SPLITK) on the device it was tuned on."""
 
 from __future__ import annotations
 
@@ -52,9 +52,9 @@ def test_config_for_takes_the_first_tuned_entry_that_holds_the_rows(monkeypatch)
     assert splitk.config_for(300, 1024, 2048) is None and splitk.config_for(16, 1024, 3072) is None
 
 
-def test_splitk_is_off_and_never_takes_cpu_tensors():
+def test_splitk_is_on_by_default_and_never_takes_cpu_tensors():
     from traceinfer.engine import splitk
     from traceinfer.engine.models.common import SPLITK, Linear
 
-    assert SPLITK is False and Linear(64, 32).splitk is False
+    assert SPLITK is True and Linear(64, 32).splitk is True
     assert not splitk.takes(torch.randn(16, 64, dtype=torch.bfloat16), 1024)

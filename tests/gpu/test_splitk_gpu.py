@@ -1,6 +1,7 @@
 """engine/splitk on a CUDA device: bf16 and fp16 against the float32 product, the same bits run after run and,
 under one config, whatever the row count beside a row, the tile counters back at zero, capture in a CUDA graph,
-and the model's logits with it as without it (bf16)."""
+the layers taking it only on the device it was tuned on, and the model's logits with it as
+without it (bf16)."""
 
 from __future__ import annotations
 
@@ -53,6 +54,21 @@ def test_splitk_in_a_cuda_graph():
         assert torch.equal(y, splitk.linear(x, w, None, cfg))
 
 
+def test_the_layers_take_it_by_default_only_on_the_device_it_was_tuned_on(monkeypatch):
+    from traceinfer.engine import splitk
+    from traceinfer.engine.models.common import Linear
+
+    x = torch.randn(16, 2048, device="cuda", dtype=torch.bfloat16)  # o_proj's shape at 16 rows: in TUNED
+    assert Linear(2048, 1024).splitk is True
+    assert splitk.takes(x, 1024) is torch.cuda.get_device_name().startswith(splitk.TUNED_DEVICE)
+    splitk.tuned_on.cache_clear()
+    monkeypatch.setattr(splitk, "TUNED_DEVICE", "NVIDIA B999")
+    try:
+        assert not splitk.takes(x, 1024)
+    finally:
+        splitk.tuned_on.cache_clear()
+
+
 def test_the_model_with_splitk_scores_as_it_does_with_cublas(monkeypatch):
     """An eager forward of 64 positions (every projection at 64 rows) with the kernel and without it: the
     logits agree within bf16's drift over 28 layers, and their argmax at nearly every position."""
@@ -61,6 +77,7 @@ def test_the_model_with_splitk_scores_as_it_does_with_cublas(monkeypatch):
     from traceinfer.engine.models.common import Linear
 
     monkeypatch.setattr(splitk, "TUNED", {shape: [(256, splitk.Config())] for shape in SHAPES})
+    monkeypatch.setattr(splitk, "tuned_on", lambda device: True)
 
     llm = LLM("synthetic:qwen3-0.6b", num_kv_blocks=256, dtype="bfloat16")
     prompt = [(37 * j) % 5000 + 1 for j in range(64)]

@@ -1,4 +1,4 @@
-"""A linear layer for decode batches (16 to 256 rows) as a split-K Triton GEMM (CUDA only), off by default.
+"""A linear layer for decode batches (16 to 256 rows) as a split-K Triton GEMM (CUDA only), where it is tuned.
 
 A decode step of the bench multiplies 16-256 rows by each weight matrix. cuBLAS's tiles at those shapes give
 few programs: on the H200 its four Qwen3-0.6B projections reach 19-53% of their bytes floor (o_proj 1024 x
@@ -10,12 +10,12 @@ atomic count per tile) sums the partials in slice order and writes the output. T
 the result does not depend on which program came last: the same inputs give the same bits, run after run.
 A row's output does not depend on the rows beside it (CUDA graphs pad the batch).
 
-The model's layers take it when their ``splitk`` is on (default models.common.SPLITK) and ``TUNED`` lists
-their shape and row count (scripts/gemv_bench.py --splitk finds them). On the H200 (2026-12-01) it beats
-cuBLAS by 1.05-1.33x on the o and down projections at 16 and 64 rows. The bench's 256 requests gained
-+0.11..+0.57% in four paired rounds (scripts/engine_ab.py splitk), inside the passes' +-0.4%: not resolved;
-its first 32 and 64 requests gained +1.6% and +1.1% (medians of 12 paired rounds, every round ahead). SPLITK
-stays False until the GPU suite and the bench against HF have run with it on by default. A variant with
+The model's layers take it when their ``splitk`` is on (default models.common.SPLITK, on), the device is the
+one ``TUNED`` was measured on (``TUNED_DEVICE``; elsewhere they stay on cuBLAS until scripts/gemv_bench.py
+--splitk has been run there) and ``TUNED`` lists their shape and row count. On the H200 (2026-12-01) it beats
+cuBLAS by 1.05-1.33x on the o and down projections at 16 and 64 rows. The bench's first 32 and 64 requests
+gained +1.6% and +1.1% (medians of 12 paired rounds, every round ahead, scripts/engine_ab.py splitk); its
+256 requests gained +0.11..+0.57% in four paired rounds, inside the passes' +-0.4%: not resolved. A variant with
 silu(gate) * up made in the down projection's loads was measured and removed: every output tile recomputed
 the activations, 0.63x silu_and_mul + cuBLAS at 16 rows, 0.07x at 256. Launch grids depend on shapes only:
 the op can be captured in a CUDA graph. Set TRITON_INTERPRET=1 to run it on CPU tensors (float32).
@@ -23,6 +23,7 @@ the op can be captured in a CUDA graph. Set TRITON_INTERPRET=1 to run it on CPU 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +47,7 @@ class Config:
 # shape and row count where it beat cuBLAS; the model's layers use the kernel only there. H200, 2026-12-01:
 # Qwen3-0.6B's o (1024 x 2048) and down (1024 x 3072) projections at 16 and 64 rows (1.05-1.33x cuBLAS);
 # qkv and gate_up at any count, and all four at 256 rows, stay on cuBLAS.
+TUNED_DEVICE = "NVIDIA H200"  # the device the configs below were measured on (a prefix of its CUDA name)
 TUNED: dict[tuple[int, int], list[tuple[int, Config]]] = {
     (1024, 2048): [(16, Config(16, 32, 128, 8, 4, 3)), (64, Config(64, 32, 128, 4, 4, 3))],
     (1024, 3072): [(16, Config(16, 32, 128, 8, 4, 3)), (64, Config(64, 32, 256, 4, 4, 3))],
@@ -118,12 +120,20 @@ def _counters(device: torch.device) -> torch.Tensor:
     return counters
 
 
+@functools.cache
+def tuned_on(device: torch.device) -> bool:
+    """Whether ``TUNED``'s configs were measured on this CUDA device (its name starts with TUNED_DEVICE)."""
+    return torch.cuda.get_device_name(device).startswith(TUNED_DEVICE)
+
+
 def takes(x: torch.Tensor, features: int) -> bool:
-    """Whether a linear layer can run here on x rather than on cuBLAS: x [M, K] on CUDA in 16 bits with unit
-    stride along K, MIN_ROWS <= M <= MAX_ROWS, and a tuned config for M rows of this weight shape."""
+    """Whether a linear layer can run here on x rather than on cuBLAS: x [M, K] on the CUDA device TUNED was
+    measured on, in 16 bits with unit stride along K, MIN_ROWS <= M <= MAX_ROWS, and a tuned config for M
+    rows of this weight shape."""
     return (
         x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and x.dim() == 2 and x.stride(1) == 1
         and MIN_ROWS <= x.shape[0] <= MAX_ROWS and config_for(x.shape[0], features, x.shape[1]) is not None
+        and tuned_on(x.device)
     )  # fmt: skip
 
 

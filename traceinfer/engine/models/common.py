@@ -47,7 +47,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 # Defaults of the layers' kernel choices, read when a layer is built (each layer keeps its own, so that two
 # engines in one process can differ: scripts/engine_ab.py).
 FUSE_KV_STORE = True  # on CUDA the RoPE kernel stores the step's K/V: a kernel a layer fewer (H200 A/B: +1.0%, not resolved)
-SPLITK = False  # decode batches' projections on engine/splitk where tuned (H200: +1.1-1.6% at 32-64 requests)
+SPLITK = True  # decode batches' projections on engine/splitk where tuned (H200: +1.1-1.6% at 32-64 requests)
 
 
 class Linear(nn.Linear):
