@@ -23,13 +23,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import itemgetter
-from typing import TYPE_CHECKING
 
 from traceinfer.flamegraphs.folded import Folded, kind_of
+from traceinfer.render.flame_options import FlameOptions
 from traceinfer.render.flame_svg_script import CSS, SCRIPT
-
-if TYPE_CHECKING:
-    from traceinfer.render.flame import FlameOptions
 
 ROW_PX = 16  # a frame is 15 px high, with a 1 px gap above it
 FRAME_PX = 15
