@@ -29,6 +29,7 @@ from traceinfer.render.flame_svg import render_svg
 
 __all__ = ["FORMATS", "SPEEDSCOPE_SCHEMA", "FlameOptions", "FlameRenderer"]
 
+
 class FlameRenderer:
     """One output format: ``render`` returns the file's text; write it as ``<name>.<extension>``."""
 
