@@ -33,6 +33,7 @@ from collections.abc import Callable
 PCIE_MIN_INTERVAL_NS = 500_000_000
 WRITE_INTERVAL_S = 0.5
 NO_STEP = -1  # the step cell before the first step
+STEP_CELL_BYTES = ctypes.sizeof(ctypes.c_int64)  # the step cell file's size
 
 
 def map_step_cell(fd: int) -> tuple[mmap.mmap, ctypes.c_int64]:
@@ -40,7 +41,7 @@ def map_step_cell(fd: int) -> tuple[mmap.mmap, ctypes.c_int64]:
     The engine's process writes it and this one reads it, each in one aligned 8-byte access, so a read never
     sees half a write. (``struct.pack_into`` zero-fills the bytes before it packs them: a sampler reading in
     between saw step 0.) Drop the int64 before closing the mapping: it holds the mapping's buffer."""
-    cell_map = mmap.mmap(fd, ctypes.sizeof(ctypes.c_int64))
+    cell_map = mmap.mmap(fd, STEP_CELL_BYTES)
     return cell_map, ctypes.c_int64.from_buffer(cell_map)
 
 

@@ -15,7 +15,7 @@ import tempfile
 
 from traceinfer.probes import sampler_process
 from traceinfer.probes.base import Probe, ProbeContext
-from traceinfer.probes.sampler_process import NO_STEP, map_step_cell
+from traceinfer.probes.sampler_process import NO_STEP, STEP_CELL_BYTES, map_step_cell
 from traceinfer.rundir.helper_process import HelperProcess
 
 
@@ -37,7 +37,7 @@ class StepCell:
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         fd, self.path = tempfile.mkstemp(prefix="traceinfer-step-", dir=shm)
         try:
-            os.ftruncate(fd, 8)
+            os.ftruncate(fd, STEP_CELL_BYTES)
             self.map, self.value = map_step_cell(fd)
         finally:
             os.close(fd)
